@@ -34,6 +34,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_noisylabels.losses.soft_targets import SoftDiceCELoss, sigmoid_rampup, soften_targets
 from nnunet_noisylabels.networks.twin import TwinNetwork, mean_outputs
+from nnunet_noisylabels.trainers.budget import BudgetMixin
 
 
 class NoiseRobustTrainer(nnUNetTrainer):
@@ -334,38 +335,42 @@ class NoiseRobustTrainer_singleNet(NoiseRobustTrainer):
     num_networks = 1
 
 
-class NoiseRobustTrainer_debug(NoiseRobustTrainer):
-    """Tiny budget for tests: 2 epochs of 4 iterations, ramp-up off, fixed seeds, checkpoint every epoch."""
+class NoiseRobustTrainer_debug(BudgetMixin, NoiseRobustTrainer):
+    """Tiny budget for tests (3 epochs x 8 iterations), peer term from the start, fixed seeds."""
 
+    budget_epochs = 3
+    budget_iterations = 8
+    budget_val_iterations = 2
     network_init_seeds = (1, 2)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
         self.softening_rampup_fraction = 0.0
         self.softening_confidence_threshold = 0.5
-        self.save_every = 1
 
 
-class NoiseRobustTrainer_5epochs(NoiseRobustTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+class NoiseRobustTrainer_5epochs(BudgetMixin, NoiseRobustTrainer):
+    budget_epochs = 5
 
 
-class NoiseRobustTrainer_50epochs(NoiseRobustTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
+class NoiseRobustTrainer_50epochs(BudgetMixin, NoiseRobustTrainer):
+    budget_epochs = 50
 
 
-class NoiseRobustTrainer_100epochs(NoiseRobustTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
+class NoiseRobustTrainer_100epochs(BudgetMixin, NoiseRobustTrainer):
+    budget_epochs = 100
+
+
+class NoiseRobustTrainer_budget(BudgetMixin, NoiseRobustTrainer):
+    """Budget from ``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations`` (benchmarks; see trainers/budget.py)."""
+
+    budget_from_env = True
+
+
+class NoiseRobustTrainer_noSoftening_budget(BudgetMixin, NoiseRobustTrainer_noSoftening):
+    budget_from_env = True
+
+
+class NoiseRobustTrainer_singleNet_budget(BudgetMixin, NoiseRobustTrainer_singleNet):
+    budget_from_env = True
