@@ -148,8 +148,8 @@ def test_softening_schedule_and_hard_targets_without_softening(preprocessed):
 @pytest.mark.slow
 def test_region_based_dataset_is_refused(preprocessed):
     dj = json.loads((preprocessed / "dataset.json").read_text())
-XX
-    dj["regions_class_order"] = [1]
+    dj["labels"] = {"background": 0, "whole": [1, 2], "core": 2}
+    dj["regions_class_order"] = [1, 2]
     with pytest.raises(ValueError, match="regions"):
         _trainer(preprocessed, "NoiseRobustTrainer", dataset_json=dj)
 
