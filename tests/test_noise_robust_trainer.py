@@ -163,14 +163,17 @@ def test_resume_reproduces_weights_and_members_stay_distinct(preprocessed, tmp_p
     out = a.train_step(_batch(a, 1))
     assert set(out) >= {"loss", "loss_net_0", "loss_net_1", "peer_override_net_0", "train_agreement"}
     ckpt = str(tmp_path / "ckpt.pth")
-    a.save_checkpoint(ckpt)
+    a.save_checkpoint(ckpt)  # as at the end of epoch 0
     saved = _state(a)
+    a.current_epoch += 1
+    a.on_train_epoch_start()
     a.train_step(_batch(a, 2))
     continued = _state(a)
 
     b = _trainer(preprocessed)
     b.load_checkpoint(ckpt)
     assert all(torch.equal(saved[k], v) for k, v in _state(b).items())
+    assert b.current_epoch == a.current_epoch
     b.on_train_epoch_start()
     b.train_step(_batch(b, 2))
     resumed = _state(b)
