@@ -216,26 +216,32 @@ def test_training_run_checkpoints_logs_and_learns(trained, env):
 def test_trained_model_beats_untrained_on_clean_test_labels(trained, env):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
-    from nnunet_noisylabels.trainers.noise_robust import NoiseRobustTrainer_debug
+    from nnunet_noisylabels.trainers.noise_robust import NoiseRobustTrainer
 
     raw = Path(env["nnUNet_raw"]) / DATASET
     cases = sorted(p.name[:-len("_0000.png")] for p in (raw / "imagesTs").glob("*_0000.png"))
     io = NaturalImage2DIO()
     predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(trained), (0,))
-    untrained = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
-    net = NoiseRobustTrainer_debug.build_network_architecture(
-        predictor.plans_manager, predictor.configuration_manager, 1, 2, enable_deep_supervision=False)
-    untrained.manual_initialization(net, predictor.plans_manager, predictor.configuration_manager,
-                                    [net.state_dict()], predictor.dataset_json, TRAINER, (0, 1))
-    dice_trained, dice_untrained = [], []
+    untrained = []
+    for seed in range(3):  # untrained twins from several initializations
+        torch.manual_seed(seed)
+        net = NoiseRobustTrainer.build_network_architecture(
+            predictor.plans_manager, predictor.configuration_manager, 1, 2, enable_deep_supervision=False)
+        p = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
+        p.manual_initialization(net, predictor.plans_manager, predictor.configuration_manager,
+                                [net.state_dict()], predictor.dataset_json, TRAINER, (0, 1))
+        untrained.append(p)
+    dice_trained, dice_untrained = [], [[] for _ in untrained]
     for c in cases:
         img, props = io.read_images([str(raw / "imagesTs" / f"{c}_0000.png")])
         ref, _ = io.read_seg(str(raw / "labelsTs" / f"{c}.png"))
         dice_trained.append(_fg_dice(predictor.predict_single_npy_array(img, props), ref))
-        dice_untrained.append(_fg_dice(untrained.predict_single_npy_array(img, props), ref))
+        for d, p in zip(dice_untrained, untrained):
+            d.append(_fg_dice(p.predict_single_npy_array(img, props), ref))
+    best_untrained = max(np.mean(d) for d in dice_untrained)
     assert np.mean(dice_trained) > 0.7, dice_trained
-    assert np.mean(dice_trained) > np.mean(dice_untrained) + 0.3, (dice_trained, dice_untrained)
+    assert np.mean(dice_trained) > best_untrained + 0.15, (dice_trained, dice_untrained)
 
 
 @pytest.mark.slow
@@ -265,10 +271,14 @@ def test_predict_equals_member_mean_and_export_runs_on_stock_nnunet(trained, env
         p.manual_initialization(m, twin.plans_manager, twin.configuration_manager, [m.state_dict()],
                                 twin.dataset_json, "nnUNetTrainer", twin.allowed_mirroring_axes)
         logits_members.append(p.predict_logits_from_preprocessed_data(x))
-    torch.testing.assert_close(logits_twin, (logits_members[0] + logits_members[1]) / 2, atol=1e-4, rtol=1e-4)
+    # nnU-Net accumulates sliding-window logits in float16: compare at that resolution, and make sure the check
+    # would catch a wrong combination (one member alone is far off)
+    tol = {"atol": 0.05, "rtol": 5e-3}
+    torch.testing.assert_close(logits_twin, (logits_members[0] + logits_members[1]) / 2, **tol)
+    assert (logits_members[0] - logits_twin).abs().max() > 20 * tol["atol"]
     exp_all = predictor_for(exported_all, (0, 1))
     assert exp_all.trainer_name == "nnUNetTrainer"
-    torch.testing.assert_close(exp_all.predict_logits_from_preprocessed_data(x), logits_twin, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(exp_all.predict_logits_from_preprocessed_data(x), logits_twin, **tol)
     torch.testing.assert_close(predictor_for(exported_m1, (0,)).predict_logits_from_preprocessed_data(x),
                                logits_members[1], atol=1e-5, rtol=1e-5)
 

@@ -109,7 +109,7 @@ class TwinNetwork(nn.Module):
     def forward(self, x: torch.Tensor):
         """Args: x (B, C_in, X, Y[, Z]). Returns a tuple of member outputs (train mode or ``members_output``) or
         their mean logits (eval mode), a tensor or a list per deep-supervision scale."""
-        outputs = tuple(m(x) for m in self.members)
+        outputs = tuple([m(x) for m in self.members])
         if self.training or self.return_members:
             return outputs
         return mean_outputs(outputs)
