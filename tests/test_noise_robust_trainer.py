@@ -295,7 +295,7 @@ def test_predict_equals_member_mean_and_export_runs_on_stock_nnunet(trained, env
                            env=stock_env, cwd=tmp_path)
     assert probe.returncode == 0, "the plugin must not be importable in the stock environment"
     run([console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(raw / "imagesTs"), "-o", str(out_stock),
-         "-m", str(exported_all), "-f", "0", "1", "-device", "cpu", "-npp", "0", "-nps", "0"], stock_env)
+         "-m", str(exported_all), "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1"], stock_env)
     io = NaturalImage2DIO()
     files = sorted(p.name for p in out_twin.glob("*.png"))
     assert files and files == sorted(p.name for p in out_stock.glob("*.png"))
