@@ -144,7 +144,8 @@ def _paint_balls(shape: tuple[int, ...], centres: np.ndarray, radii: np.ndarray)
 
 
 def _inner_boundary(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, _cross(mask.ndim), border_value=0)
+    # the image border is not a boundary of the structure
+    return mask & ~ndimage.binary_erosion(mask, _cross(mask.ndim), border_value=1)
 
 
 def _outer_boundary(mask: np.ndarray) -> np.ndarray:
