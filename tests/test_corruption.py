@@ -256,3 +256,12 @@ def test_mixture_and_alpha_beta():
 def test_bad_parameters(call, match):
     with pytest.raises(ValueError, match=match):
         call(multiclass_seg())
+
+
+def test_class_params_override_one_class():
+    seg = multiclass_seg()
+    out, info = C.corrupt_label_map(seg, "dilate", 0, radius=1, class_params={3: {"radius": 4}})
+    assert info["classes"][1]["sampled"] == {"radius": 1.0}
+    assert info["classes"][3]["sampled"] == {"radius": 4.0}
+    with pytest.raises(ValueError, match="does not take"):
+        C.corrupt_label_map(seg, "dilate", 0, class_params={3: {"T": 4}})

@@ -143,13 +143,26 @@ def _paint_balls(shape: tuple[int, ...], centres: np.ndarray, radii: np.ndarray)
     return out
 
 
+def _dilate_cross(mask: np.ndarray) -> np.ndarray:
+    # dilation by the face-connected cross via shifted ORs: ~15x faster than ndimage on small masks
+    out = mask.copy()
+    for ax in range(mask.ndim):
+        hi = [slice(None)] * mask.ndim
+        lo = [slice(None)] * mask.ndim
+        hi[ax], lo[ax] = slice(1, None), slice(None, -1)
+        out[tuple(hi)] |= mask[tuple(lo)]
+        out[tuple(lo)] |= mask[tuple(hi)]
+    return out
+
+
 def _inner_boundary(mask: np.ndarray) -> np.ndarray:
-    # the image border is not a boundary of the structure
-    return mask & ~ndimage.binary_erosion(mask, _cross(mask.ndim), border_value=1)
+    """Mask pixels with a face-neighbour in the background (the image border is not a boundary)."""
+    return mask & _dilate_cross(~mask)
 
 
 def _outer_boundary(mask: np.ndarray) -> np.ndarray:
-    return ndimage.binary_dilation(mask, _cross(mask.ndim)) & ~mask
+    """Background pixels with a face-neighbour in the mask."""
+    return _dilate_cross(mask) & ~mask
 
 
 # ------------------------------------------------------------------------------------------- binary noise functions
@@ -347,9 +360,8 @@ def markov_mask(mask: np.ndarray, rng: np.random.Generator, T: int = 180, theta1
     noisy = mask.copy()
     grow = rng.uniform(size=T) < theta1
     for t in range(T):
-        candidates = _outer_boundary(noisy) if grow[t] else _inner_boundary(noisy)
-        flip = candidates & (rng.uniform(size=mask.shape) < theta2)
-        noisy ^= flip
+        candidates = np.flatnonzero(_outer_boundary(noisy) if grow[t] else _inner_boundary(noisy))
+        noisy.flat[candidates[rng.uniform(size=len(candidates)) < theta2]] ^= True
     if theta3 > 0 or sigma > 0:
         flips = rng.uniform(size=mask.shape) < theta3
         smooth = np.where(flips, ~noisy, noisy).astype(np.float32)
@@ -556,7 +568,8 @@ def merge_class_masks(seg: np.ndarray, masks: Mapping[int, np.ndarray]) -> np.nd
 
 
 def corrupt_label_map(seg: np.ndarray, noise: str, rng: int | np.random.Generator | None = None,
-                      labels: Sequence[int] | None = None, **params: Any) -> tuple[np.ndarray, dict]:
+                      labels: Sequence[int] | None = None, class_params: Mapping[int, Mapping[str, Any]] | None = None,
+                      **params: Any) -> tuple[np.ndarray, dict]:
     """Corrupt an integer label map class by class.
 
     Args:
@@ -566,6 +579,8 @@ def corrupt_label_map(seg: np.ndarray, noise: str, rng: int | np.random.Generato
             (default dilate/erode/affine, Li et al. MICCAI 2021). Per-type parameters go in a dict keyed by type.
         rng: seed or Generator.
         labels: foreground labels to corrupt (default: every nonzero label present). Others are left untouched.
+        class_params: per-label overrides of the concrete type's parameters, e.g. ``{3: {'T': 100,
+            'theta2': 0.02}}`` for the JSRT clavicle (Yao et al.).
         **params: native parameters of the noise type (see the ``*_mask`` functions), ``beta`` for
             :data:`BETA_TYPES`.
     Returns:
@@ -587,6 +602,11 @@ def corrupt_label_map(seg: np.ndarray, noise: str, rng: int | np.random.Generato
     labels = sorted({int(v) for v in labels})
     if 0 in labels:
         raise ValueError("labels lists the foreground labels to corrupt; 0 (background) cannot be one of them")
+    class_params = {int(k): dict(v) for k, v in (class_params or {}).items()}
+    for c, over in class_params.items():
+        bad = set(over) - _param_names(fn)
+        if bad:
+            raise ValueError(f"class_params for label {c}: noise '{concrete}' does not take {sorted(bad)}")
     masks: dict[int, np.ndarray] = {}
     classes: dict[int, dict] = {}
     for c in labels:
@@ -594,11 +614,13 @@ def corrupt_label_map(seg: np.ndarray, noise: str, rng: int | np.random.Generato
         if not m.any():
             classes[c] = {"empty": True}
             continue
-        noisy, sampled = fn(m, rng, **cparams)
+        noisy, sampled = fn(m, rng, **{**cparams, **class_params.get(c, {})})
         masks[c] = noisy
         classes[c] = {"empty": False, "sampled": sampled, "changed_ratio": round(changed_ratio(m, noisy), 4)}
     out = merge_class_masks(seg, masks) if masks else seg.copy()
     info = {"noise": concrete, "requested": noise, "params": _jsonable(cparams), "classes": classes}
+    if class_params:
+        info["class_params"] = _jsonable(class_params)
     return out, info
 
 
