@@ -204,7 +204,8 @@ def test_cli(dataset_2d_multiclass, capsys):
                       (["-d", "2", "-o", "23", "--noise", "dilate", "--param", "radius"], "key=value"),
                       (["-d", "2", "-o", "21", "--noise", "dilate", "--name", "Synth2DMulti_mixture"],
                        "--overwrite"),
-                      (["-d", "2", "-o", "21", "--noise", "dilate"], "already used by Dataset021_Synth2DMulti_mixture")]:
+                      (["-d", "2", "-o", "21", "--noise", "dilate"],
+                       "already used by Dataset021_Synth2DMulti_mixture")]:
         assert cli.main(argv + ["--no_pbar"]) == 1
         assert msg in capsys.readouterr().err
 
