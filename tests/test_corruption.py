@@ -59,7 +59,12 @@ def test_dilation_erosion_golden_radius():
 def test_beta_is_hit(noise, beta, dim):
     m = MASKS[dim]()
     out, _ = C.NOISE_FUNCTIONS[noise](m, np.random.default_rng(3), beta=beta)
-    assert C.changed_ratio(m, out) == pytest.approx(beta, abs=0.06)
+    tol = 0.002 if noise in ("dilate", "erode") else 0.06  # morphology flips an exact pixel count
+    assert C.changed_ratio(m, out) == pytest.approx(beta, abs=tol)
+    if noise == "dilate":
+        assert not (m & ~out).any()
+    if noise == "erode":
+        assert not (out & ~m).any()
 
 
 def test_beta_dice_relation_for_dilation():
