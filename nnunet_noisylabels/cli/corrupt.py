@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from nnunet_noisylabels.preprocessing.corruption import ALL_NOISE_TYPES, BETA_TYPES, NOISE_FUNCTIONS
@@ -149,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / MANIFEST_NAME) as f:
         summary = json.load(f)["summary"]
     print(f"wrote {out}")
+    pre = os.environ.get("nnUNet_preprocessed")
+    if pre and (Path(pre) / out.name).exists():
+        print(f"  note: {Path(pre) / out.name} predates these labels; re-run nnUNetv2_plan_and_preprocess "
+              f"-d {args.o}")
     print(f"  corrupted cases: {summary['num_corrupted']}/{summary['num_cases']}, clean subset: "
           f"{summary['num_clean_subset']}, mean Dice imperfect vs clean: {summary['mean_dice']:.4f} "
           f"(corrupted cases only: {summary['mean_dice_corrupted']})")
