@@ -11,7 +11,7 @@ Output: ``$nnUNet_raw/DatasetXXX_<name>/`` (or ``--output_folder``) with ``image
 
 Example::
 
-    nnUNet_raw=/tmp/raw python benchmarks/convert_hippocampus.py -d 504 --num_cases 20
+    nnUNet_raw=/path/to/nnUNet_raw python benchmarks/convert_hippocampus.py -d 504 --num_cases 20
 """
 from __future__ import annotations
 

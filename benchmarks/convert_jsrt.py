@@ -14,7 +14,7 @@ lung=1, heart=2, clavicle=3 painted in that order, so that clavicle > heart > lu
 
 Example::
 
-    nnUNet_raw=/tmp/raw python benchmarks/convert_jsrt.py -d 501 --structures lung --size 64
+    nnUNet_raw=/path/to/nnUNet_raw python benchmarks/convert_jsrt.py -d 501 --structures lung --size 64
 """
 from __future__ import annotations
 
