@@ -23,6 +23,7 @@ medical image segmentation", Neural Networks 181 (2024) 106850.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -532,7 +533,8 @@ class NnUNetModelStep:
         np_ = max(1, int(self.num_processes))
         extract_fingerprint_dataset(aux_id, num_processes=np_, check_dataset_integrity=True, clean=True,
                                     verbose=False, show_progress_bar=self.progress)
-        _, plans_identifier = plan_experiment_dataset(aux_id)
+        with _planning_thread_env():
+            _, plans_identifier = plan_experiment_dataset(aux_id)
         if plans_identifier != self.plans_identifier:
             raise RevisionError(f"Planner wrote plans '{plans_identifier}', expected '{self.plans_identifier}'.")
         preprocess_dataset(aux_id, plans_identifier, [self._config()], [np_], verbose=False,
@@ -572,6 +574,20 @@ class NnUNetModelStep:
                 "checkpoint": self.checkpoint, "checkpoint_sha256": _sha256(ckpt) if ckpt.is_file() else None,
                 "trainer": _load_checkpoint_trainer_name(ckpt) or self.trainer, "configuration": self._config(),
                 "plans_identifier": self.plans_identifier, "device": self.device}
+
+
+@contextlib.contextmanager
+def _planning_thread_env():
+    """nnU-Net's planner calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which fails for the value 0 that CPU
+    users set to keep data augmentation in-process; plan with 1 in that case."""
+    old = os.environ.get("nnUNet_n_proc_DA")
+    if old is not None and old.strip() == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ["nnUNet_n_proc_DA"] = old
 
 
 def _load_checkpoint_trainer_name(ckpt: Path) -> str | None:
