@@ -393,6 +393,17 @@ def _nnunet_env(tmp_path: Path, trainer_dir: Path) -> dict:
     return env
 
 
+def shrink_plans(preprocessed: Path, dataset: str, max_features: int = 32) -> None:
+    """Cap the width of the planned network (a plain plans edit) so CPU tests train in seconds, not minutes."""
+    plans_file = preprocessed / dataset / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    for cfg in plans["configurations"].values():
+        kw = cfg.get("architecture", {}).get("arch_kwargs")
+        if kw:
+            kw["features_per_stage"] = [min(f // 4, max_features) for f in kw["features_per_stage"]]
+    plans_file.write_text(json.dumps(plans, indent=2))
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
@@ -413,10 +424,12 @@ def test_trainer_revises_planted_noise_through_nnunet(tmp_path, num_classes, kin
                                  num_classes=num_classes, kind=kind)
     trainer_dir = tmp_path / "trainers"
     trainer_dir.mkdir()
-    (trainer_dir / "nin_test_trainers.py").write_text(TEST_TRAINER_MODULE.format(epochs=6, iters=25))
+    (trainer_dir / "nin_test_trainers.py").write_text(TEST_TRAINER_MODULE.format(epochs=4, iters=25))
     env = _nnunet_env(tmp_path, trainer_dir)
+    # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1 there
     _run([_bin("nnUNetv2_plan_and_preprocess"), "-d", "901", "-c", "2d", "-np", "1", "--verify_dataset_integrity"],
-         env)
+         dict(env, nnUNet_n_proc_DA="1"))
+    shrink_plans(tmp_path / "pre", "Dataset901_NINtest")
     _run([_bin("nnUNetv2_train"), "901", "2d", "all", "-tr", "NoiseIdentificationTrainer_test", "-device", "cpu"],
          env)
     out_dir = tmp_path / "pred"
