@@ -344,3 +344,47 @@ def test_report_without_truth_ranks_by_change(toy2d):
     assert rep["mean"]["num_cases"] == 4
     assert rep["cases"]["toy_000"]["source"] == "clean"
     assert len(rep["overlays"]) == 2 and "|" in (ds / "labelsTr_revision_report" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+@pytest.mark.parametrize("method, trainer, dim, num_classes", [
+    ("nin", "NoiseIdentificationTrainer_debug", 2, 2),
+    ("clean_only", "nnUNetTrainer_NLdebug", 3, 3),
+])
+def test_end_to_end_through_nnunet(nnunet_env, method, trainer, dim, num_classes, tmp_path):
+    """Plan, preprocess, train (a few iterations) and predict through nnU-Net, then check the outcome on disk."""
+    import torch
+
+    torch.set_num_threads(1)
+    raw = Path(nnunet_env["nnUNet_raw"])
+    ds, truth = make_dataset(raw, dim=dim, n_cases=5, n_clean=2, num_classes=num_classes, name="Dataset111_E2E")
+    originals = tree_digest(ds / "labelsTr")
+    rc = main(["-d", "111", "--method", method, "-tr", trainer, "-device", "cpu", "--no_pbar",
+               "--truth", str(truth)])
+    assert rc == 0
+    aux_name = "Dataset500_E2E" + ("NIN" if method == "nin" else "NLclean")
+    assert (raw / aux_name / "dataset.json").is_file()
+    config = "2d" if dim == 2 else "3d_fullres"
+    model = Path(nnunet_env["nnUNet_results"]) / aux_name / f"{trainer}__nnUNetPlans__{config}"
+    assert (model / "fold_all" / "checkpoint_final.pth").is_file()
+    assert tree_digest(ds / "labelsTr_imperfect") == originals
+    manifest = json.loads((ds / "labelsTr_revision.json").read_text())
+    assert manifest["method"] == method and manifest["model"]["trainer"] == trainer
+    assert manifest["model"]["configuration"] == config and manifest["aux_dataset"] == aux_name
+    fe = ".png" if dim == 2 else ".nii.gz"
+    for i in range(5):
+        lab = _read(ds / "labelsTr" / f"toy_{i:03d}{fe}")
+        assert lab.shape == _read(truth / f"toy_{i:03d}{fe}").shape and lab.max() < num_classes
+        if i < 2:
+            np.testing.assert_array_equal(lab, _read(ds / "labelsTr_clean" / f"toy_{i:03d}{fe}"))
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert rep["mean"]["num_with_truth"] == 3 and rep["mean"]["dice_imperfect"] is not None
+    # reuse the trained model on a fresh copy: no training, same predictions
+    copy = raw / "Dataset112_E2Ecopy"
+    shutil.copytree(ds, copy, ignore=shutil.ignore_patterns("labelsTr", "labelsTr_revision*", "noise_maps"))
+    os.rename(copy / "labelsTr_imperfect", copy / "labelsTr")
+    assert main(["-d", "112", "--method", method, "--model", str(model), "-device", "cpu", "--no_pbar",
+                 "--no_report"]) == 0
+    assert json.loads((copy / "labelsTr_revision.json").read_text())["model"]["trained_here"] is False
+    assert tree_digest(copy / "labelsTr") == tree_digest(ds / "labelsTr")

@@ -43,6 +43,8 @@ from nnunet_noisylabels.preprocessing.aux_dataset import (
     imperfect_label_to_channels,
     label_channel_names,
 )
+from nnunet_noisylabels.utilities import raw_dataset
+from nnunet_noisylabels.utilities.raw_dataset import RawDatasetError
 
 LABELS_DIR = "labelsTr"
 CLEAN_DIR = "labelsTr_clean"
@@ -61,7 +63,7 @@ NOISE_MAP_LABELS = {"agree": NOISE_NONE, "over_annotation": NOISE_OVER, "under_a
                     "class_swap": NOISE_SWAP}
 
 
-class RevisionError(ValueError):
+class RevisionError(RawDatasetError):
     """Bad input to the label revision: the message says what is wrong and how to fix it."""
 
 
@@ -103,20 +105,9 @@ def _label_files(folder: Path, file_ending: str) -> dict[str, Path]:
 
 
 def _num_classes(dataset_json: dict) -> int:
-    labels = dataset_json.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise RevisionError("dataset.json has no 'labels' dict; add e.g. {\"background\": 0, \"structure\": 1}.")
-    if "ignore" in labels:
+    if "ignore" in dataset_json.get("labels", {}):
         raise RevisionError("dataset.json declares an 'ignore' label; label revision does not support ignore labels.")
-    values = []
-    for name, v in labels.items():
-        if isinstance(v, (list, tuple)):
-            raise RevisionError(f"dataset.json label '{name}' is region-based ({v}); label revision needs plain "
-                                f"integer labels 0..K-1.")
-        values.append(int(v))
-    if sorted(values) != list(range(len(values))):
-        raise RevisionError(f"dataset.json 'labels' values must be consecutive 0..K-1, got {sorted(values)}.")
-    return len(values)
+    return raw_dataset.num_classes(dataset_json)
 
 
 def _num_image_channels(dataset_json: dict) -> int:
@@ -198,11 +189,7 @@ class RevisionInputs:
 
 
 def _check_values(seg: np.ndarray, num_classes: int, path: Path) -> None:
-    values = np.unique(seg)
-    bad = [int(v) for v in values if v < 0 or v >= num_classes or v != int(v)]
-    if bad:
-        raise RevisionError(f"{path} holds label values {bad} that dataset.json 'labels' does not declare "
-                            f"(allowed: 0..{num_classes - 1}). Fix the label file or add the labels to dataset.json.")
+    raw_dataset.check_label_values(seg, {"labels": {str(k): k for k in range(num_classes)}}, path)
 
 
 def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> RevisionInputs:
@@ -224,12 +211,8 @@ def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> Re
             label values outside dataset.json, or nothing left to revise.
     """
     raw = Path(raw_folder)
-    if not (raw / "dataset.json").is_file():
-        raise FileNotFoundError(f"{raw / 'dataset.json'} not found: is {raw} an nnU-Net raw dataset folder?")
-    dataset_json = _load_json(raw / "dataset.json")
-    file_ending = dataset_json.get("file_ending")
-    if not file_ending:
-        raise RevisionError(f"{raw / 'dataset.json'} has no 'file_ending'.")
+    dataset_json = raw_dataset.load_dataset_json(raw)
+    file_ending = dataset_json["file_ending"]
     if "dataset" in dataset_json:
         raise RevisionError("dataset.json lists its files explicitly ('dataset' key); label revision needs the "
                             "standard imagesTr/labelsTr layout.")
@@ -477,13 +460,11 @@ ModelStep = Callable[[AuxDataset, Path], dict]
 given folder; returns provenance information for the manifest."""
 
 
-def _plugin_trainer_folder() -> str:
-    return str(Path(__file__).resolve().parent.parent / "nnunet_ext")
-
-
 def ensure_plugin_trainers_visible() -> None:
     """Add the plugin's trainer folder to ``nnUNet_extTrainer`` so nnU-Net finds our trainers by name."""
-    folder = _plugin_trainer_folder()
+    from nnunet_noisylabels._autoenv import ext_trainer_dir
+
+    folder = ext_trainer_dir()
     current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if folder not in current:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(current + [folder])
@@ -708,22 +689,7 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
 # ----------------------------------------------------------------------------------------------------------------
 def resolve_dataset_folder(dataset: str | int | os.PathLike) -> Path:
     """A dataset id, ``DatasetXXX_Name`` (looked up in ``nnUNet_raw``) or a folder path -> the raw dataset folder."""
-    p = Path(str(dataset))
-    if p.is_dir() and (p / "dataset.json").is_file():
-        return p.resolve()
-    raw = os.environ.get("nnUNet_raw")
-    if not raw:
-        raise RevisionError(f"'{dataset}' is not a dataset folder and nnUNet_raw is not set; set nnUNet_raw or pass "
-                            f"the dataset folder.")
-    s = str(dataset)
-    if s.isdigit():
-        matches = [n for k, n in _dataset_folders(raw).items() if k == int(s)]
-        if not matches:
-            raise FileNotFoundError(f"No dataset with id {int(s)} in nnUNet_raw ({raw}).")
-        return (Path(raw) / matches[0]).resolve()
-    if (Path(raw) / s).is_dir():
-        return (Path(raw) / s).resolve()
-    raise FileNotFoundError(f"Dataset '{dataset}' not found in nnUNet_raw ({raw}).")
+    return raw_dataset.resolve_raw_dataset(str(dataset)).resolve()
 
 
 def _plugin_version() -> str:
@@ -812,6 +778,9 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
     if truth_folder is not None and not Path(truth_folder).is_dir():
         raise FileNotFoundError(f"--truth folder {truth_folder} not found.")
 
+    if str(fold) != "all" and len(inputs.clean_ids) < 5:
+        raise RevisionError(f"Fold {fold} needs nnU-Net's 5-fold split of the clean pairs, but there are only "
+                            f"{len(inputs.clean_ids)}; use -f all.")
     if model_step is None:
         if device is None:
             import torch
