@@ -45,7 +45,7 @@ def make_dataset(root: Path, dim: int = 2, n_cases: int = 6, n_clean: int = 2, n
     Returns (dataset folder, folder of true labels)."""
     rng = np.random.default_rng(0)
     ds = root / name
-    truth_dir = root / f"{name}_truth"
+    truth_dir = root.parent / f"{name}_truth"  # outside nnUNet_raw: not a dataset
     for sub in ("imagesTr", "labelsTr", "labelsTr_clean"):
         (ds / sub).mkdir(parents=True)
     truth_dir.mkdir()
@@ -344,6 +344,72 @@ def test_report_without_truth_ranks_by_change(toy2d):
     assert rep["mean"]["num_cases"] == 4
     assert rep["cases"]["toy_000"]["source"] == "clean"
     assert len(rep["overlays"]) == 2 and "|" in (ds / "labelsTr_revision_report" / "report.md").read_text()
+
+
+def test_branch_wrapper_turns_noise_branch_into_binary_segmentation():
+    import torch
+
+    K = 3
+
+    class FakeNIN(torch.nn.Module):
+        eval_output = "fused"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            assert self.eval_output == "branches"
+            b = x.shape[0]
+            revised = torch.zeros(b, K, 2, 2)
+            over = torch.tensor([[[5., 5.], [5., 5.]], [[2., -1.], [-3., -4.]], [[-2., -1.], [-3., 1.]]])
+            under = torch.tensor([[[5., 5.], [5., 5.]], [[-2., -1.], [-3., -4.]], [[-2., -1.], [-3., -4.]]])
+            return torch.cat([revised, over.expand(b, -1, -1, -1), under.expand(b, -1, -1, -1)], dim=1)
+
+    net = FakeNIN()
+    over = rv._BranchAsBinarySegmentation(net, 1, K)
+    out = over(torch.zeros(2, 1, 2, 2))
+    assert out.shape == (2, K, 2, 2) and net.eval_output == "fused"
+    # flagged where any FOREGROUND channel's logit > 0 (the background channel's 5 is ignored)
+    np.testing.assert_array_equal(out.argmax(1)[0].numpy(), [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(rv._BranchAsBinarySegmentation(net, 2, K)(torch.zeros(1, 1, 2, 2)).argmax(1)[0],
+                                  [[0, 0], [0, 0]])
+    # the predictor loads checkpoints into the wrapper: they must land in the wrapped network
+    over.load_state_dict({"w": torch.ones(1)})
+    assert net.w.item() == 1.0
+
+
+def test_branch_noise_maps_are_saved_for_revised_cases(toy2d):
+    ds, truth = toy2d
+
+    class BranchStep(TruthStep):
+        def __call__(self, aux, out):
+            info = super().__call__(aux, out)
+            folder = aux.folder / "noise_branches" / "combined"
+            folder.mkdir(parents=True)
+            for c in aux.predict_ids:
+                code = np.zeros((32, 32), np.uint8)
+                code[:4] = rv.NOISE_OVER
+                code[4:6] = rv.NOISE_SWAP
+                _write_png(code, folder / f"{c}.png")
+            return {**info, "branch_noise_maps": str(folder)}
+
+    manifest = rv.revise_dataset(ds, model_step=BranchStep(truth), progress=False, log=lambda s: None,
+                                 truth_folder=str(truth))
+    assert manifest["noise_maps_from"].startswith("network over/under branches")
+    nm = _read(ds / "noise_maps" / "toy_004.png")
+    assert (nm[:4] == 1).all() and (nm[4:6] == 3).all() and (nm[6:] == 0).all()
+    case = manifest["cases"]["toy_004"]
+    assert case["noise_map_from"] == "branches"
+    assert case["branch_fraction_over"] == pytest.approx(6 / 32) and case["branch_fraction_under"] == pytest.approx(
+        2 / 32)
+    # clean cases keep the true noise (imperfect vs clean)
+    assert manifest["cases"]["toy_000"]["noise_map_from"] == "difference"
+    np.testing.assert_array_equal(_read(ds / "noise_maps" / "toy_000.png"), rv.noise_map(
+        _read(ds / "labelsTr_imperfect" / "toy_000.png"), _read(ds / "labelsTr_clean" / "toy_000.png")))
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert rep["cases"]["toy_004"]["flagged_over"] == pytest.approx(6 / 32)
+    assert rep["cases"]["toy_004"]["fraction_over"] != rep["cases"]["toy_004"]["flagged_over"]
 
 
 # ------------------------------------------------------------------------------------------------ end to end

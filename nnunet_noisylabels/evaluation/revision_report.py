@@ -73,14 +73,22 @@ def compare_to_truth(seg: np.ndarray, truth: np.ndarray, classes: list[int], spa
 
 def case_metrics(imperfect: np.ndarray, revised: np.ndarray, nmap: np.ndarray | None, truth: np.ndarray | None,
                  classes: list[int], spacing) -> dict:
-    """All report numbers of one case (label maps (X, Y[, Z]))."""
+    """All report numbers of one case (label maps (X, Y[, Z])).
+
+    ``fraction_*`` describe the change imperfect -> revised; ``flagged_over`` / ``flagged_under`` are the shares of
+    voxels that the saved noise map flags (the network's branches when it had them, else the same difference).
+    """
+    diff = noise_map(imperfect, revised)
+    row = noise_statistics(diff)
     if nmap is None:
-        nmap = noise_map(imperfect, revised)
-    row = noise_statistics(nmap)
+        nmap = diff
+    n = max(nmap.size, 1)
+    row["flagged_over"] = float(((nmap == NOISE_OVER) | (nmap == NOISE_SWAP)).sum()) / n
+    row["flagged_under"] = float(((nmap == NOISE_UNDER) | (nmap == NOISE_SWAP)).sum()) / n
     fg = max(int((imperfect != 0).sum()), 1)
-    # Shares of the imperfect foreground flagged as over-annotation, and of it added as under-annotation.
-    row["over_share_of_imperfect_fg"] = float((nmap == NOISE_OVER).sum() + (nmap == NOISE_SWAP).sum()) / fg
-    row["under_share_of_imperfect_fg"] = float((nmap == NOISE_UNDER).sum()) / fg
+    # the same, relative to the size of the imperfect foreground
+    row["flagged_over_share_of_imperfect_fg"] = row["flagged_over"] * n / fg
+    row["flagged_under_share_of_imperfect_fg"] = row["flagged_under"] * n / fg
     if truth is not None:
         a = compare_to_truth(imperfect, truth, classes, spacing)
         b = compare_to_truth(revised, truth, classes, spacing)
@@ -195,8 +203,8 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
         rows[case_id] = row
 
     revised = [c for c in cases if rows[c]["source"] == "revised"]
-    mean_keys = ["fraction_changed", "fraction_over", "fraction_under", "fraction_swap",
-                 "over_share_of_imperfect_fg", "under_share_of_imperfect_fg",
+    mean_keys = ["fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "flagged_over",
+                 "flagged_under", "flagged_over_share_of_imperfect_fg", "flagged_under_share_of_imperfect_fg",
                  "dice_imperfect", "dice_revised", "hd95_imperfect", "hd95_revised"]
     mean = {k: _finite_mean([rows[c].get(k) for c in revised]) for k in mean_keys}
     mean["num_cases"] = len(revised)
@@ -221,7 +229,9 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
         panels = {"imperfect": _middle_slice(imp), "revised": _middle_slice(rev)}
         if truth_dir is not None and (truth_dir / f"{case_id}{fe}").is_file():
             panels["truth"] = _middle_slice(rw.read_seg(str(truth_dir / f"{case_id}{fe}"))[0][0])
-        panels["noise (red over, blue under, yellow swap)"] = _middle_slice(noise_map(imp, rev))
+        saved = noise_dir / f"{case_id}{fe}" if noise_dir is not None else None
+        nm_full = rw.read_seg(str(saved))[0][0] if saved is not None and saved.is_file() else noise_map(imp, rev)
+        panels["noise (red over, blue under, yellow both)"] = _middle_slice(nm_full)
         image = _middle_slice(img[0]) if img is not None else np.zeros_like(panels["imperfect"], dtype=float)
         title = f"{case_id} ({tag}, {kind})"
         if "dice_revised" in rows[case_id]:
@@ -248,7 +258,8 @@ def _stringify_keys(x):
 
 
 _CSV_COLUMNS = ["case", "source", "fraction_changed", "fraction_over", "fraction_under", "fraction_swap",
-                "over_share_of_imperfect_fg", "under_share_of_imperfect_fg", "dice_imperfect", "dice_revised",
+                "flagged_over", "flagged_under", "flagged_over_share_of_imperfect_fg",
+                "flagged_under_share_of_imperfect_fg", "dice_imperfect", "dice_revised",
                 "hd95_imperfect", "hd95_revised"]
 
 
@@ -276,14 +287,15 @@ def _write_markdown(summary: dict, path: Path) -> None:
              f"Method: `{summary['method']}`. Noise maps: {summary['noise_maps_from']}.",
              f"Revised cases: {m['num_cases']} ({m['num_with_truth']} with true labels).", "",
              "| mean over revised cases | value |", "|---|---|"]
-    for k in ("fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "dice_imperfect",
+    for k in ("fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "flagged_over",
+              "flagged_under", "dice_imperfect",
               "dice_revised", "hd95_imperfect", "hd95_revised"):
         lines.append(f"| {k} | {_fmt(m.get(k))} |")
-    lines += ["", "| case | source | changed | over | under | Dice imperfect | Dice revised | HD95 imperfect | "
-                  "HD95 revised |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| case | source | changed | flagged over | flagged under | Dice imperfect | Dice revised | "
+                  "HD95 imperfect | HD95 revised |", "|---|---|---|---|---|---|---|---|---|"]
     for case_id, r in summary["cases"].items():
-        lines.append(f"| {case_id} | {r['source']} | {_fmt(r['fraction_changed'])} | {_fmt(r['fraction_over'])} | "
-                     f"{_fmt(r['fraction_under'])} | {_fmt(r.get('dice_imperfect'))} | {_fmt(r.get('dice_revised'))}"
+        lines.append(f"| {case_id} | {r['source']} | {_fmt(r['fraction_changed'])} | {_fmt(r['flagged_over'])} | "
+                     f"{_fmt(r['flagged_under'])} | {_fmt(r.get('dice_imperfect'))} | {_fmt(r.get('dice_revised'))}"
                      f" | {_fmt(r.get('hd95_imperfect'))} | {_fmt(r.get('hd95_revised'))} |")
     if summary["overlays"]:
         lines += ["", "## Overlays", ""] + [f"![{p}]({p})" for p in summary["overlays"]]

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +57,12 @@ DEFAULT_TRAINERS = {"nin": "NoiseIdentificationTrainer", "clean_only": "nnUNetTr
 AUX_SUFFIX = {"nin": "NIN", "clean_only": "NLclean"}
 AUX_ID_RANGE = range(500, 1000)
 
-# Noise-map codes (one label map per case; "over" = the imperfect label marks a structure the revision removes).
+# Noise-map codes (one label map per case). "over": the imperfect label marks a structure that is not there;
+# "under": it misses one; a class swap between two structures is both (over for one class, under for the other).
 NOISE_NONE, NOISE_OVER, NOISE_UNDER, NOISE_SWAP = 0, 1, 2, 3
-NOISE_MAP_LABELS = {"agree": NOISE_NONE, "over_annotation": NOISE_OVER, "under_annotation": NOISE_UNDER,
-                    "class_swap": NOISE_SWAP}
+NOISE_MAP_LABELS = {"none": NOISE_NONE, "over_annotation": NOISE_OVER, "under_annotation": NOISE_UNDER,
+                    "over_and_under": NOISE_SWAP}
+BRANCH_NOISE_DIR = "noise_branches"
 
 
 class RevisionError(RawDatasetError):
@@ -496,7 +498,7 @@ class NnUNetModelStep:
     checkpoint: str = "checkpoint_final.pth"
     progress: bool = True
     dimensionality: int = 3
-    info: dict = field(default_factory=dict)
+    save_noise_maps: bool = True
 
     def _config(self) -> str:
         return self.configuration or ("2d" if self.dimensionality == 2 else "3d_fullres")
@@ -541,6 +543,41 @@ class NnUNetModelStep:
             predictor.predict_from_files(str(input_folder), str(output_folder), False, True,
                                          self.num_processes, self.num_processes)
 
+    def predict_branch_noise_maps(self, model_folder: Path, aux: AuxDataset) -> Path | None:
+        """Noise maps from the network's over/under-annotation branches (``eval_output='branches'``).
+
+        Each branch is run through nnU-Net's predictor as a binary segmentation (flagged for any foreground class),
+        so sliding window, mirroring and resampling back to the original geometry are nnU-Net's own. Returns the
+        folder of combined per-case maps (codes as :data:`NOISE_MAP_LABELS`), or None for networks without branches.
+        """
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        ensure_plugin_trainers_visible()
+        predictor = nnUNetPredictor(device=torch.device(self.device), allow_tqdm=self.progress, verbose=False)
+        predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
+        network = predictor.network
+        if not hasattr(network, "eval_output"):
+            return None
+        num_classes = predictor.label_manager.num_segmentation_heads
+        root = aux.folder / BRANCH_NOISE_DIR
+        if root.exists():
+            shutil.rmtree(root)
+        for index, branch in ((1, "over"), (2, "under")):
+            predictor.network = _BranchAsBinarySegmentation(network, index, num_classes)
+            (root / branch).mkdir(parents=True)
+            predictor.predict_from_files_sequential(str(aux.images_ts), str(root / branch), False, True)
+        predictor.network = network
+        fe = aux.dataset_json["file_ending"]
+        rw = _reader_writer(aux.dataset_json, root / "over" / f"{aux.predict_ids[0]}{fe}")
+        (root / "combined").mkdir()
+        for case_id in aux.predict_ids:
+            over, props = rw.read_seg(str(root / "over" / f"{case_id}{fe}"))
+            under, _ = rw.read_seg(str(root / "under" / f"{case_id}{fe}"))
+            code = (over[0] > 0).astype(np.uint8) * NOISE_OVER + (under[0] > 0).astype(np.uint8) * NOISE_UNDER
+            rw.write_seg(code, str(root / "combined" / f"{case_id}{fe}"), props)
+        return root / "combined"
+
     def __call__(self, aux: AuxDataset, output_folder: Path) -> dict:
         if self.model_folder is not None:
             model = Path(self.model_folder)
@@ -550,11 +587,52 @@ class NnUNetModelStep:
             model = self.train(aux)
             trained = True
         self.predict(model, aux.images_ts, output_folder)
+        branch_maps = self.predict_branch_noise_maps(model, aux) if self.save_noise_maps else None
         ckpt = model / f"fold_{self.fold}" / self.checkpoint
         return {"model_folder": str(model), "trained_here": trained, "fold": self.fold,
+                "branch_noise_maps": str(branch_maps) if branch_maps is not None else None,
                 "checkpoint": self.checkpoint, "checkpoint_sha256": _sha256(ckpt) if ckpt.is_file() else None,
                 "trainer": _load_checkpoint_trainer_name(ckpt) or self.trainer, "configuration": self._config(),
                 "plans_identifier": self.plans_identifier, "device": self.device}
+
+
+def _branch_as_binary_segmentation_class():
+    import torch
+    from torch import nn
+
+    class BranchAsBinarySegmentation(nn.Module):
+        """Presents one noise branch of a noise identification network to nnU-Net's predictor as K-class logits:
+        channel 0 = 0, channel 1 = max over foreground classes of the branch logits, the rest very low, so the
+        predictor's argmax is 'branch flags this voxel' (sigmoid > 0.5)."""
+
+        def __init__(self, network: nn.Module, branch_index: int, num_classes: int):
+            super().__init__()
+            self.network, self.branch_index, self.num_classes = network, branch_index, num_classes
+
+        def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+            return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+
+        def forward(self, x):
+            previous = self.network.eval_output
+            self.network.eval_output = "branches"
+            try:
+                out = self.network(x)
+            finally:
+                self.network.eval_output = previous
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            K = self.num_classes
+            logits = out[:, self.branch_index * K + 1:(self.branch_index + 1) * K].amax(dim=1, keepdim=True)
+            res = torch.full((out.shape[0], K, *out.shape[2:]), -1e4, dtype=out.dtype, device=out.device)
+            res[:, :1] = 0
+            res[:, 1:2] = logits
+            return res
+
+    return BranchAsBinarySegmentation
+
+
+def _BranchAsBinarySegmentation(network, branch_index: int, num_classes: int):
+    return _branch_as_binary_segmentation_class()(network, branch_index, num_classes)
 
 
 @contextlib.contextmanager
@@ -634,12 +712,14 @@ def noise_statistics(nmap: np.ndarray) -> dict[str, float]:
 
 
 def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root: Path, progress: bool = False,
-                         save_noise_maps: bool = True, before_swap: Callable[[], None] | None = None
-                         ) -> dict[str, dict]:
+                         save_noise_maps: bool = True, branch_noise_maps: Path | None = None,
+                         before_swap: Callable[[], None] | None = None) -> dict[str, dict]:
     """Assemble the revised ``labelsTr`` (and ``noise_maps``) of ``target_root`` and swap them in atomically.
 
     Clean cases get their clean label; the others get their prediction from ``predictions/``. Everything is
     checked and written into temporary folders first; ``labelsTr`` is replaced only when all cases are done.
+    Noise maps: for revised cases the network's branch maps from ``branch_noise_maps`` when given, else the
+    difference imperfect vs revised; for clean cases always the difference imperfect vs clean (the true noise).
 
     Returns:
         per-case records for the manifest.
@@ -666,11 +746,22 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
             _check_values(new, inputs.num_classes, src)
             shutil.copy2(src, tmp_labels / f"{case_id}{fe}")
             nmap = noise_map(imp[0], new[0])
+            stats = noise_statistics(nmap)
+            if branch_noise_maps is not None and not is_clean:
+                bmap, _ = rw.read_seg(str(Path(branch_noise_maps) / f"{case_id}{fe}"))
+                if bmap.shape != imp.shape:
+                    raise RuntimeError(f"Branch noise map of '{case_id}' has shape {bmap.shape[1:]}, expected "
+                                       f"{imp.shape[1:]}.")
+                nmap = bmap[0].astype(np.uint8)
+                branch = noise_statistics(nmap)
+                stats.update({"branch_fraction_over": branch["fraction_over"] + branch["fraction_swap"],
+                              "branch_fraction_under": branch["fraction_under"] + branch["fraction_swap"]})
             if tmp_noise is not None:
                 rw.write_seg(nmap, str(tmp_noise / f"{case_id}{fe}"), imp_props)
             records[case_id] = {"source": "clean" if is_clean else "revised",
-                                "imperfect_sha256": _sha256(inputs.imperfect_label(case_id)),
-                                **noise_statistics(nmap)}
+                                "imperfect_sha256": _sha256(inputs.imperfect_label(case_id)), **stats,
+                                "noise_map_from": "branches" if branch_noise_maps is not None and not is_clean
+                                else "difference"}
         if before_swap is not None:
             before_swap()
         swap_in_folder(tmp_labels, target_root / LABELS_DIR)
@@ -789,7 +880,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         model_step = NnUNetModelStep(configuration=configuration, trainer=trainer or DEFAULT_TRAINERS[method],
                                      fold=str(fold), device=device, num_processes=num_processes,
                                      model_folder=model_folder, progress=progress,
-                                     dimensionality=inputs.dimensionality)
+                                     dimensionality=inputs.dimensionality, save_noise_maps=save_noise_maps)
     if aux_folder is None:
         if not os.environ.get("nnUNet_raw"):
             raise RevisionError("nnUNet_raw is not set: the auxiliary dataset is built there.")
@@ -810,8 +901,10 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         model_info = model_step(aux, pred_dir) or {}
         if out_final is not None:
             _populate_output_dataset(inputs, target_root, progress)
+        branch_maps = model_info.get("branch_noise_maps")
         records = write_revised_labels(inputs, pred_dir, target_root, progress=progress,
-                                       save_noise_maps=save_noise_maps)
+                                       save_noise_maps=save_noise_maps,
+                                       branch_noise_maps=Path(branch_maps) if branch_maps else None)
         manifest = {
             "format": "nnunet_noisylabels.revision/1",
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -826,7 +919,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             "clean_folder": CLEAN_DIR,
             "noise_maps_folder": NOISE_MAPS_DIR if save_noise_maps else None,
             "noise_map_codes": NOISE_MAP_LABELS,
-            "noise_maps_from": "difference imperfect vs revised",
+            "noise_maps_from": "network over/under branches (revised cases), difference imperfect vs clean (clean "
+                               "cases)" if branch_maps else "difference imperfect vs revised/clean",
             "num_clean": len(inputs.clean_ids),
             "num_revised": len(inputs.revise_ids),
             "versions": {"nnunet_noisylabels": _plugin_version(), "nnunetv2": _nnunet_version()},
