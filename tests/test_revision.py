@@ -438,6 +438,10 @@ def test_end_to_end_through_nnunet(nnunet_env, method, trainer, dim, num_classes
     manifest = json.loads((ds / "labelsTr_revision.json").read_text())
     assert manifest["method"] == method and manifest["model"]["trainer"] == trainer
     assert manifest["model"]["configuration"] == config and manifest["aux_dataset"] == aux_name
+    # the noise identification network has over/under branches: its noise maps are saved; plain nnU-Net has none
+    assert manifest["noise_maps_from"].startswith("network" if method == "nin" else "difference")
+    assert sorted(p.name for p in (ds / "noise_maps").iterdir()) == sorted(
+        p.name for p in (ds / "labelsTr").iterdir())
     fe = ".png" if dim == 2 else ".nii.gz"
     for i in range(5):
         lab = _read(ds / "labelsTr" / f"toy_{i:03d}{fe}")
