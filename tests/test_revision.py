@@ -412,6 +412,68 @@ def test_branch_noise_maps_are_saved_for_revised_cases(toy2d):
     assert rep["cases"]["toy_004"]["fraction_over"] != rep["cases"]["toy_004"]["flagged_over"]
 
 
+def test_revise_3d_multiclass_in_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    ds, truth = make_dataset(tmp_path / "raw", dim=3, n_cases=4, n_clean=1, num_classes=3)
+    originals = tree_digest(ds / "labelsTr")
+    manifest = rv.revise_dataset(ds, model_step=TruthStep(truth), progress=False, log=lambda s: None,
+                                 truth_folder=str(truth))
+    assert tree_digest(ds / "labelsTr_imperfect") == originals
+    for i in range(1, 4):
+        np.testing.assert_array_equal(_read(ds / "labelsTr" / f"toy_{i:03d}.nii.gz"),
+                                      _read(truth / f"toy_{i:03d}.nii.gz"))
+    # the revised files keep the geometry of the originals
+    import SimpleITK as sitk
+
+    a, b = (sitk.ReadImage(str(ds / d / "toy_002.nii.gz")) for d in ("labelsTr", "labelsTr_imperfect"))
+    assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+    assert manifest["cases"]["toy_002"]["fraction_over"] > 0
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert set(rep["cases"]["toy_002"]["dice_revised_per_class"]) == {"1", "2"}
+    assert rep["mean"]["dice_revised"] == pytest.approx(1.0) and rep["mean"]["dice_imperfect"] < 0.9
+    assert rep["overlays"]
+
+
+def test_geometry_mismatch_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    ds, _ = make_dataset(tmp_path / "raw", dim=3, n_cases=3, n_clean=1)
+    clean = _read(ds / "labelsTr_clean" / "toy_000.nii.gz")
+    _write_nii(clean, ds / "labelsTr_clean" / "toy_000.nii.gz", spacing=(2.0, 1.0, 1.0))
+    before = tree_digest(ds)
+    with pytest.raises(ValueError, match="differ in geometry"):
+        rv.validate_inputs(ds)
+    assert main(["-d", str(ds), "--no_pbar"]) == 2 and tree_digest(ds) == before
+
+
+@pytest.mark.parametrize("method, argv, expected", [
+    ("nin", [], {"trainer": "NoiseIdentificationTrainer", "configuration": None, "fold": "all"}),
+    ("clean_only", [], {"trainer": "nnUNetTrainer"}),
+    ("nin", ["-tr", "NoiseIdentificationTrainer_5epochs", "-c", "2d", "-np", "2"],
+     {"trainer": "NoiseIdentificationTrainer_5epochs", "configuration": "2d", "num_processes": 2}),
+])
+def test_cli_passes_options_to_model_step(toy2d, monkeypatch, method, argv, expected):
+    ds, truth = toy2d
+    seen = {}
+
+    def fake_step(**kwargs):
+        seen.update(kwargs)
+        return TruthStep(truth)
+
+    monkeypatch.setattr(rv, "NnUNetModelStep", fake_step)
+    assert main(["-d", ds.name, "--method", method, "-device", "cpu", "--no_pbar", "--no_report"] + argv) == 0
+    assert {k: seen[k] for k in expected} == expected and seen["dimensionality"] == 2
+    assert json.loads((ds / "labelsTr_revision.json").read_text())["method"] == method
+    aux = "Dataset500_ToyNIN" if method == "nin" else "Dataset500_ToyNLclean"
+    assert (ds.parent / aux / "dataset.json").is_file()
+
+
+def test_fold_other_than_all_needs_five_clean_pairs(toy2d):
+    ds, truth = toy2d
+    with pytest.raises(ValueError, match="use -f all"):
+        rv.revise_dataset(ds, model_step=TruthStep(truth), fold="0", progress=False, log=lambda s: None)
+    assert not (ds / "labelsTr_imperfect").exists()
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 @pytest.mark.parametrize("method, trainer, dim, num_classes", [
