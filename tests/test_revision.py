@@ -344,6 +344,11 @@ def test_report_without_truth_ranks_by_change(toy2d):
     assert rep["mean"]["num_cases"] == 4
     assert rep["cases"]["toy_000"]["source"] == "clean"
     assert len(rep["overlays"]) == 2 and "|" in (ds / "labelsTr_revision_report" / "report.md").read_text()
+    # later, with the truth at hand, from the command line
+    labels_before = tree_digest(ds / "labelsTr")
+    assert main(["-d", str(ds), "--report_only", "--truth", str(truth), "--no_pbar"]) == 0
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert rep["mean"]["dice_revised"] == pytest.approx(1.0) and tree_digest(ds / "labelsTr") == labels_before
 
 
 def test_branch_wrapper_turns_noise_branch_into_binary_segmentation():

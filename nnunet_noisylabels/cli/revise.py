@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", default=None,
                    help="Folder of true labels (same file names) to report Dice/HD95 of imperfect and revised "
                         "labels against, e.g. the labelsTr of the clean dataset a corrupted copy was made from.")
+    p.add_argument("--report_only", action="store_true",
+                   help="Only (re)write the report of an already revised dataset (e.g. with --truth); no training.")
     p.add_argument("--no_noise_maps", action="store_true", help="Do not save per-case noise maps.")
     p.add_argument("--no_report", action="store_true", help="Do not write the revision report.")
     p.add_argument("--remove_aux", action="store_true",
@@ -57,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     from nnunet_noisylabels.preprocessing.revision import revise_dataset
 
     try:
+        if args.report_only:
+            from nnunet_noisylabels.evaluation.revision_report import write_revision_report
+            from nnunet_noisylabels.preprocessing.revision import resolve_dataset_folder
+
+            folder = resolve_dataset_folder(args.d)
+            summary = write_revision_report(folder, truth_folder=args.truth, progress=not args.no_pbar)
+            print(f"Report of {summary['mean']['num_cases']} revised case(s) written to "
+                  f"{folder / 'labelsTr_revision_report'}")
+            return 0
         revise_dataset(args.d, method=args.method, output_dataset=args.output_dataset, aux_id=args.aux_id,
                        trainer=args.tr, configuration=args.c, fold=args.f, device=args.device,
                        num_processes=args.np, model_folder=args.model, save_noise_maps=not args.no_noise_maps,
