@@ -303,15 +303,19 @@ def score_folder(ref: Path, pred: Path, dataset_json: dict) -> dict:
 
 
 def label_quality(work: Path) -> list[list]:
-    """Dice vs clean of the imperfect and of the revised training labels, from the revision reports."""
+    """Dice vs clean of the imperfect and of the revised labels of the imperfect-only training cases, from the
+    revision reports (``labelsTr_revision_report/report.json``) of the revised datasets."""
     out = []
-    for report in sorted((work / "nnUNet_raw").glob("Dataset*/**/revision_report.json")):
+    for report in sorted((work / "nnUNet_raw").glob("Dataset*/labelsTr_revision_report/report.json")):
         rep = json.loads(report.read_text())
-        for key, name in (("imperfect_vs_truth", "imperfect (as given)"), ("revised_vs_truth", None)):
-            stats = rep.get("summary", {}).get(key)
-            if stats:
-                label = name or f"revised ({rep.get('method', '?')})"
-                out.append([label, stats["dice_mean"], stats.get("dice_std", float("nan")), stats.get("cases", 0)])
+        cases = [c for c in rep["cases"].values() if "dice_revised" in c]
+        if not cases:
+            continue
+        imp = np.array([c["dice_imperfect"] for c in cases])
+        rev = np.array([c["dice_revised"] for c in cases])
+        if not out:
+            out.append(["imperfect (as given)", float(imp.mean()), float(imp.std()), len(cases)])
+        out.append([f"revised, method {rep['method']}", float(rev.mean()), float(rev.std()), len(cases)])
     return out
 
 

@@ -14,32 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_noisylabels.evaluation.metrics import dice, hd95
 from nnunet_noisylabels.preprocessing.revision import (
     MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR, _load_json, _progress, _reader_writer,
     _write_json_atomic, noise_map, noise_statistics)
-
-try:  # shared metrics of the plugin (Dice of two empty masks = 1, HD95 with one empty mask = inf)
-    from nnunet_noisylabels.evaluation.metrics import dice, hd95
-except ImportError:  # pragma: no cover - same conventions, scipy only
-    from scipy import ndimage
-
-    def dice(a: np.ndarray, b: np.ndarray) -> float:
-        a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
-        total = int(a.sum()) + int(b.sum())
-        return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-    def hd95(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
-        a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
-        if not a.any() and not b.any():
-            return 0.0
-        if not a.any() or not b.any():
-            return float("inf")
-        struct = ndimage.generate_binary_structure(a.ndim, 1)
-        sa = a & ~ndimage.binary_erosion(a, struct, border_value=0)
-        sb = b & ~ndimage.binary_erosion(b, struct, border_value=0)
-        d = np.concatenate([ndimage.distance_transform_edt(~sb, sampling=spacing)[sa],
-                            ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]])
-        return float(np.percentile(d, 95))
 
 
 def _finite_mean(values) -> float | None:
