@@ -56,10 +56,10 @@ def test_trainer_registry_lists_plugin_trainers():
     assert all(issubclass(t, nnUNetTrainer) for t in trainers.values())
 
 
-def _lookup_in_fresh_process(name: str, env: dict) -> subprocess.CompletedProcess:
+def _lookup_in_fresh_process(name: str, env: dict, cwd: str | None = None) -> subprocess.CompletedProcess:
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f; "
             f"c = f({name!r}); print('FOUND', c.__module__, c.__name__)")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def test_nnunet_lookup_finds_plugin_trainer_in_fresh_process(nnunet_env):
@@ -86,6 +86,10 @@ def test_installed_startup_hook_registers_trainers():
                           capture_output=True, text=True, cwd="/", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(os.path.join("nnunet_noisylabels", "nnunet_ext"))
+    # and nnU-Net's own lookup finds the trainers with no nnUNet_extTrainer exported by the user
+    found = _lookup_in_fresh_process("nnUNetTrainer_NLdebug", env, cwd="/")
+    assert found.returncode == 0, found.stderr
+    assert "FOUND nnunet_noisylabels.trainers.budget nnUNetTrainer_NLdebug" in found.stdout
 
 
 def test_env_command_reports_registration(nnunet_env, capsys):
