@@ -1,6 +1,7 @@
 """The twin wrapper: distinct members, train/eval outputs, deep supervision switch, state-dict split."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose
@@ -88,3 +89,61 @@ def test_state_dict_holds_both_and_splits_back():
 def test_mean_outputs_single_member_is_identity():
     t = torch.randn(2, 3)
     assert mean_outputs((t,)) is t
+
+
+def _ddp_worker(rank: int, world: int, port: int, queue):
+    import os
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from nnunet_noisylabels.losses.soft_targets import soft_cross_entropy, soften_targets
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        net = DDP(TwinNetwork.from_builder(_tiny_unet, seeds=(0, 1)))
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(rank)
+        for _ in range(3):  # an unused parameter would make DDP fail on the next iteration
+            x = torch.randn(2, 1, 16, 16, generator=g)
+            y = [(x[:, :, ::s, ::s] > 0).long() for s in (1, 2)]
+            outs = net(x)
+            loss = 0
+            for i, out in enumerate(outs):
+                peer = outs[1 - i]
+                for s, (o, t) in enumerate(zip(out, y)):
+                    q, _, _ = soften_targets(t, torch.softmax(peer[s].detach(), 1), 3, 0.5, 0.5, 0.1)
+                    loss = loss + soft_cross_entropy(o, q) * (1.0 if s == 0 else 1e-6)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            mean = net(x)
+        params = torch.cat([p.detach().flatten() for p in net.module.parameters()])
+        queue.put((rank, params.numpy().copy(), isinstance(mean, list)))  # numpy: pickled by value
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_wrapped_twin_trains_and_stays_in_sync():
+    """nnU-Net's multi-GPU path wraps the network in DDP: the twin must have no unused parameters."""
+    import socket
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((r, (params, is_list)) for r, params, is_list in (queue.get(timeout=300) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert np.array_equal(results[0][0], results[1][0])  # gradients were all-reduced over both members
+    assert results[0][1]  # eval-mode mean per deep-supervision scale
