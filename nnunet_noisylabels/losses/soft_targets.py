@@ -119,7 +119,8 @@ def peer_disagreement_weight(labels: torch.Tensor, peer_probs: torch.Tensor, pee
 
 def soften_targets(labels: torch.Tensor, peer_probs: torch.Tensor | None, num_classes: int, peer_weight: float = 0.0,
                    confidence_threshold: float = 0.8, boundary_eps: float = 0.0, boundary_kernel: int = 3,
-                   ignore_label: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                   ignore_label: int | None = None, check_labels: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Soft targets for one network from the (pseudo) labels and its peer's detached prediction.
 
     Rule (our interpretation of the paper's label softening):
@@ -137,6 +138,8 @@ def soften_targets(labels: torch.Tensor, peer_probs: torch.Tensor | None, num_cl
         boundary_eps: boundary softening strength in [0, 1].
         boundary_kernel: odd window size of the boundary softening.
         ignore_label: label value that carries no supervision, or None.
+        check_labels: verify that labels lie in ``[0, num_classes)`` (one device sync; a training loop checks once
+            per batch and passes False for the other scales).
 
     Returns:
         ``(targets, peer_w, loss_mask)``: (B, C, ...) float32 soft targets, (B, 1, ...) peer weights, and the
@@ -146,7 +149,7 @@ def soften_targets(labels: torch.Tensor, peer_probs: torch.Tensor | None, num_cl
     if ignore_label is not None:
         loss_mask = labels != ignore_label
         labels = torch.where(loss_mask, labels, torch.zeros_like(labels))
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if check_labels and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes - 1}] (plus the ignore label), found values in "
                          f"[{int(labels.min())}, {int(labels.max())}]; check dataset.json's labels")
     targets = boundary_smoothed_targets(one_hot(labels, num_classes), boundary_eps, boundary_kernel, loss_mask)

@@ -135,8 +135,10 @@ class NoiseRobustTrainer(nnUNetTrainer):
                                                            self.softening_rampup_fraction * self.num_epochs)
 
     def make_soft_targets(self, targets: List[torch.Tensor], peer_probs: List[torch.Tensor | None] | None,
-                          peer_weight: float):
-        """Soft targets, loss masks and peer weights at every deep-supervision scale (None where unused)."""
+                          peer_weight: float, check_labels: bool = True):
+        """Soft targets, loss masks and peer weights at every deep-supervision scale (None where unused).
+
+        ``check_labels`` validates the label range on the full-resolution target only (one device sync)."""
         soft, masks, weights = [], [], []
         eps = self.softening_boundary_eps if self.enable_softening else 0.0
         for s, t in enumerate(targets):
@@ -146,7 +148,7 @@ class NoiseRobustTrainer(nnUNetTrainer):
             q, w, m = soften_targets(t, None if peer_probs is None else peer_probs[s],
                                      self.label_manager.num_segmentation_heads, peer_weight,
                                      self.softening_confidence_threshold, eps, self.softening_boundary_kernel,
-                                     self.label_manager.ignore_label)
+                                     self.label_manager.ignore_label, check_labels=check_labels and s == 0)
             soft.append(q), masks.append(m), weights.append(w)
         return soft, masks, weights
 
@@ -177,7 +179,7 @@ class NoiseRobustTrainer(nnUNetTrainer):
             for i in range(n):
                 # member i learns from member i+1's prediction (itself when it has no twin)
                 soft, masks, ws = self.make_soft_targets(targets, None if probs is None else probs[(i + 1) % n],
-                                                         peer_weight)
+                                                         peer_weight, check_labels=i == 0)
                 losses.append(self._apply_loss(outputs[i], soft, masks))
                 override.append((ws[0] > 0).float().mean())
             l = sum(losses)
