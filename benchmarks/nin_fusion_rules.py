@@ -11,7 +11,7 @@ Usage on a trained model (auxiliary dataset layout, see nnunet_noisylabels/prepr
 
 Synthetic end-to-end (plan, preprocess, train tiny, evaluate), for each planted-noise kind:
 
-    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate box --num_classes 2 --epochs 6 --iters 25
+    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate box --num_classes 2 --epochs 4 --iters 25
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from nnunet_noisylabels.losses.noise_identification import FUSION_RULES  # noqa: E402
 from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices  # noqa: E402
@@ -76,25 +76,12 @@ def evaluate_rules(model_folder: str, images: str, clean: str, fold: str = "all"
     return results
 
 
-TRAINER_MODULE = '''
-from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer
-
-
-class NoiseIdentificationTrainer_bench(NoiseIdentificationTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=None):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = {epochs}
-        self.num_iterations_per_epoch = {iters}
-        self.num_val_iterations_per_epoch = 2
-'''
-
-
 def run_synthetic(kind: str, num_classes: int, epochs: int, iters: int, n_train: int, n_test: int, seed: int,
-                  workdir: Path) -> dict:
+                  workdir: Path, narrow: bool = True) -> dict:
     """Build a synthetic auxiliary dataset with planted noise, train through nnU-Net, evaluate every rule."""
     from skimage.io import imsave
 
-    from tests.test_noise_identification import write_aux_dataset
+    from test_noise_identification import shrink_plans, write_aux_dataset
 
     raw = workdir / "raw"
     name = "Dataset902_NINbench"
@@ -103,19 +90,19 @@ def run_synthetic(kind: str, num_classes: int, epochs: int, iters: int, n_train:
     clean_dir.mkdir()
     for case, (clean, _) in held_out.items():
         imsave(clean_dir / f"{case}.png", clean, check_contrast=False)
-    (workdir / "trainers").mkdir()
-    (workdir / "trainers" / "nin_bench_trainers.py").write_text(TRAINER_MODULE.format(epochs=epochs, iters=iters))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT),
-               nnUNet_extTrainer=os.pathsep.join([str(REPO_ROOT / "nnunet_noisylabels" / "nnunet_ext"),
-                                                  str(workdir / "trainers")]),
+               nnUNet_extTrainer=str(REPO_ROOT / "nnunet_noisylabels" / "nnunet_ext"),
                nnUNet_raw=str(raw), nnUNet_preprocessed=str(workdir / "pre"), nnUNet_results=str(workdir / "res"),
-               nnUNet_compile="0", nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", OMP_NUM_THREADS="1")
+               nnUNet_compile="0", nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", OMP_NUM_THREADS="1",
+               nnUNet_nl_epochs=str(epochs), nnUNet_nl_iterations=str(iters), nnUNet_nl_val_iterations="2")
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "902", "-c", "2d", "-np", "1"], env=env,
                    check=True, capture_output=True)
-    subprocess.run([str(bindir / "nnUNetv2_train"), "902", "2d", "all", "-tr", "NoiseIdentificationTrainer_bench",
-                    "-device", "cpu"], env=dict(env, nnUNet_n_proc_DA="0"), check=True, capture_output=True)
-    model = workdir / "res" / name / "NoiseIdentificationTrainer_bench__nnUNetPlans__2d"
+    if narrow:
+        shrink_plans(workdir / "pre", name)
+    subprocess.run([str(bindir / "nnUNetv2_train"), "902", "2d", "all", "-tr", "NoiseIdentificationTrainer_budget",
+                    "-device", "cpu"], env=env, check=True, capture_output=True)
+    model = workdir / "res" / name / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d"
     return evaluate_rules(str(model), str(raw / name / "imagesTs"), str(clean_dir))
 
 
@@ -135,6 +122,7 @@ def main() -> None:
     s.add_argument("--n_train", type=int, default=8)
     s.add_argument("--n_test", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--full_width", action="store_true", help="keep the planned feature widths (slow on CPU)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -144,8 +132,9 @@ def main() -> None:
         rows = {}
         for kind in args.kinds:
             with tempfile.TemporaryDirectory() as tmp:
+                print(f"training on synthetic '{kind}' noise ...", flush=True)
                 rows[kind] = run_synthetic(kind, args.num_classes, args.epochs, args.iters, args.n_train,
-                                           args.n_test, args.seed, Path(tmp))
+                                           args.n_test, args.seed, Path(tmp), narrow=not args.full_width)
     cols = ["imperfect", *FUSION_RULES]
     print("| setting | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")

@@ -39,6 +39,7 @@ from nnunet_noisylabels.networks.noise_identification import (
     build_noise_identification_network,
 )
 from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices
+from nnunet_noisylabels.trainers.budget import BudgetMixin
 
 
 class ImageChannelsOnlyTransform(BasicTransform):
@@ -183,19 +184,19 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
         self.print_to_log_file("branch losses: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items()))
 
 
-class NoiseIdentificationTrainer_5epochs(NoiseIdentificationTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+class NoiseIdentificationTrainer_5epochs(BudgetMixin, NoiseIdentificationTrainer):
+    budget_epochs = 5
 
 
-class NoiseIdentificationTrainer_debug(NoiseIdentificationTrainer):
-    """A few iterations only: for tests of the plumbing, not of quality."""
+class NoiseIdentificationTrainer_debug(BudgetMixin, NoiseIdentificationTrainer):
+    """A few iterations only (2 epochs x 3): for tests of the plumbing, not of quality."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 2
+    budget_epochs = 2
+    budget_iterations = 3
+    budget_val_iterations = 2
+
+
+class NoiseIdentificationTrainer_budget(BudgetMixin, NoiseIdentificationTrainer):
+    """Budget from ``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations`` / ``nnUNet_nl_val_iterations`` (benchmarks)."""
+
+    budget_from_env = True
