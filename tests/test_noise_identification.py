@@ -419,6 +419,34 @@ def test_trainer_revises_planted_noise_through_nnunet(tmp_path, nnunet_env, num_
     # a no-op revision (revised == imperfect) fails this margin
     assert np.mean(d_revised) > np.mean(d_imperfect) + 0.1, (d_imperfect, d_revised)
 
+    # noise maps: the over-annotation head fires on the planted dilation ring, not on the true structure
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_noisylabels.trainers.noise_identification import predict_branch_logits
+
+    model = Path(env["nnUNet_results"]) / "Dataset901_NINtest" / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d"
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), ("all",))
+    case = sorted(held_out)[0]
+    clean, imperfect = held_out[case]
+    files = [str(raw / "Dataset901_NINtest" / "imagesTs" / f"{case}_{c:04d}.png") for c in range(num_classes)]
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    data, _, _ = preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
+                                       predictor.dataset_json)
+    data = torch.from_numpy(data)
+    heads = split_branches(predict_branch_logits(predictor, data), num_classes)
+    assert predictor.network.eval_output == "fused"  # restored
+    over = torch.sigmoid(heads["over"][1, 0]).numpy()  # (X, Y) for the 2D (1, X, Y) geometry
+    ring, core = (imperfect == 1) & (clean == 0), (clean == 1)
+    assert over.shape == clean.shape
+    assert over[ring].mean() > 0.5 > over[core].mean(), (over[ring].mean(), over[core].mean())
+    # fusing the heads reproduces the fused output the stock predictor exports
+    fused = predictor.predict_logits_from_preprocessed_data(data)
+    y = one_hot(imperfect_label_from_channels(data[None, 1:]), num_classes)
+    refused = fuse_logits(heads["revised"][None], heads["over"][None], heads["under"][None], y,
+                          predictor.network.fusion)[0]
+    assert torch.equal(fused.argmax(0), refused.argmax(0))
+
 
 @pytest.mark.slow
 def test_debug_trainer_3d_multiclass_trains_validates_and_predicts(tmp_path, nnunet_env):

@@ -83,6 +83,42 @@ def restrict_intensity_transforms(transforms: ComposeTransforms, num_image_chann
     return ComposeTransforms(out)
 
 
+class _HeadCountOverride:
+    """A label manager that reports another number of output channels (the predictor allocates by it)."""
+
+    def __init__(self, label_manager, num_heads: int):
+        self._label_manager = label_manager
+        self.num_segmentation_heads = num_heads
+
+    def __getattr__(self, name):
+        return getattr(self._label_manager, name)
+
+
+def predict_branch_logits(predictor, data: torch.Tensor) -> torch.Tensor:
+    """Raw logits of all three heads for one preprocessed case, through nnU-Net's sliding window (and mirroring).
+
+    Args:
+        predictor: an ``nnUNetPredictor`` initialized from a ``NoiseIdentificationTrainer*`` model folder.
+        data: (C+K-1, X, Y[, Z]) preprocessed input (image channels, then the imperfect-label channels).
+
+    Returns:
+        (3K, X, Y[, Z]) float logits [K revised, K over, K under] in the preprocessed geometry; split them with
+        ``nnunet_noisylabels.losses.noise_identification.split_branches``.
+    """
+    net = predictor.network._orig_mod if isinstance(predictor.network, OptimizedModule) else predictor.network
+    if not isinstance(net, NoiseIdentificationNetwork):
+        raise ValueError(f"The predictor holds a {type(net).__name__}, not a NoiseIdentificationNetwork; "
+                         f"initialize it from a NoiseIdentificationTrainer model folder.")
+    label_manager, eval_output = predictor.label_manager, net.eval_output
+    net.eval_output = "branches"
+    predictor.label_manager = _HeadCountOverride(label_manager, 3 * label_manager.num_segmentation_heads)
+    try:
+        return predictor.predict_logits_from_preprocessed_data(data)
+    finally:
+        net.eval_output = eval_output
+        predictor.label_manager = label_manager
+
+
 class NoiseIdentificationTrainer(nnUNetTrainer):
     """nnU-Net trainer for the noise identification network (shared encoder, revised/over/under decoders).
 
