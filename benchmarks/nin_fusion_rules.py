@@ -48,6 +48,9 @@ def evaluate_rules(model_folder: str, images: str, clean: str, fold: str = "all"
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from nnunet_noisylabels._autoenv import register
+
+    register()  # the predictor looks the trainer class up through nnUNet_extTrainer
     dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
     num_image, label_ch = label_channel_indices(dataset_json)
     num_classes = len(label_ch) + 1
@@ -123,6 +126,7 @@ def main() -> None:
     s.add_argument("--n_test", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--full_width", action="store_true", help="keep the planned feature widths (slow on CPU)")
+    s.add_argument("--workdir", default=None, help="keep datasets and models here instead of a temporary folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -131,8 +135,8 @@ def main() -> None:
     else:
         rows = {}
         for kind in args.kinds:
-            with tempfile.TemporaryDirectory() as tmp:
-                print(f"training on synthetic '{kind}' noise ...", flush=True)
+            print(f"training on synthetic '{kind}' noise ...", flush=True)
+            with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
                 rows[kind] = run_synthetic(kind, args.num_classes, args.epochs, args.iters, args.n_train,
                                            args.n_test, args.seed, Path(tmp), narrow=not args.full_width)
     cols = ["imperfect", *FUSION_RULES]

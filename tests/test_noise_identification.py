@@ -434,17 +434,16 @@ def test_trainer_revises_planted_noise_through_nnunet(tmp_path, nnunet_env, num_
     data, _, _ = preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
                                        predictor.dataset_json)
     data = torch.from_numpy(data)
-    heads = split_branches(predict_branch_logits(predictor, data), num_classes)
+    heads = split_branches(predict_branch_logits(predictor, data)[None], num_classes)  # (1, K, 1, X, Y) each
     assert predictor.network.eval_output == "fused"  # restored
-    over = torch.sigmoid(heads["over"][1, 0]).numpy()  # (X, Y) for the 2D (1, X, Y) geometry
+    over = torch.sigmoid(heads["over"][0, 1, 0]).numpy()  # (X, Y): 2D cases are (1, X, Y) after preprocessing
     ring, core = (imperfect == 1) & (clean == 0), (clean == 1)
     assert over.shape == clean.shape
     assert over[ring].mean() > 0.5 > over[core].mean(), (over[ring].mean(), over[core].mean())
     # fusing the heads reproduces the fused output the stock predictor exports
     fused = predictor.predict_logits_from_preprocessed_data(data)
     y = one_hot(imperfect_label_from_channels(data[None, 1:]), num_classes)
-    refused = fuse_logits(heads["revised"][None], heads["over"][None], heads["under"][None], y,
-                          predictor.network.fusion)[0]
+    refused = fuse_logits(heads["revised"], heads["over"], heads["under"], y, predictor.network.fusion)[0]
     assert torch.equal(fused.argmax(0), refused.argmax(0))
 
 
