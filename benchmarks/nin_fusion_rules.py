@@ -139,6 +139,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
                 rows[kind] = run_synthetic(kind, args.num_classes, args.epochs, args.iters, args.n_train,
                                            args.n_test, args.seed, Path(tmp), narrow=not args.full_width)
+            print(kind, rows[kind], flush=True)
     cols = ["imperfect", *FUSION_RULES]
     print("| setting | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
