@@ -11,7 +11,21 @@ Usage on a trained model (auxiliary dataset layout, see nnunet_noisylabels/prepr
 
 Synthetic end-to-end (plan, preprocess, train tiny, evaluate), for each planted-noise kind:
 
-    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate box --num_classes 2 --epochs 4 --iters 25
+    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate box --num_classes 2
+    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate --num_classes 3
+
+Measured (CPU, defaults: 8 training / 8 held-out 64x64 cases, plans narrowed to <= 32 features, 6 epochs x 25
+iterations, seed 0; mean foreground Dice of held-out cases against the clean labels; one seed, so differences
+below ~0.01 are noise):
+
+| setting | imperfect | revised | noise | mean | product |
+|---|---|---|---|---|---|
+| K=2, dilate 3-4 px | 0.712 | 0.978 | 0.976 | 0.982 | 0.982 |
+| K=2, boxes (weak) | 0.823 | 0.967 | 0.958 | 0.970 | 0.968 |
+| K=3, dilate 3-4 px | 0.698 | 0.958 | 0.881 | 0.955 | 0.956 |
+
+``mean`` (the default) is best or within 0.003 of the best in every setting; ``noise`` alone (editing the imperfect
+label only where the noise heads fire) falls behind in the multi-class setting.
 """
 from __future__ import annotations
 
