@@ -11,7 +11,21 @@ Usage on a trained model (auxiliary dataset layout, see nnunet_noisylabels/prepr
 
 Synthetic end-to-end (plan, preprocess, train tiny, evaluate), for each planted-noise kind:
 
-    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate box --num_classes 2 --epochs 6 --iters 25
+    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate box --num_classes 2
+    python benchmarks/nin_fusion_rules.py synthetic --kinds dilate --num_classes 3
+
+Measured (CPU, defaults: 8 training / 8 held-out 64x64 cases, plans narrowed to <= 32 features, 6 epochs x 25
+iterations, seed 0; mean foreground Dice of held-out cases against the clean labels; one seed, so differences
+below ~0.01 are noise):
+
+| setting | imperfect | revised | noise | mean | product |
+|---|---|---|---|---|---|
+| K=2, dilate 3-4 px | 0.712 | 0.978 | 0.976 | 0.982 | 0.982 |
+| K=2, boxes (weak) | 0.823 | 0.967 | 0.958 | 0.970 | 0.968 |
+| K=3, dilate 3-4 px | 0.698 | 0.958 | 0.881 | 0.955 | 0.956 |
+
+``mean`` (the default) is best or within 0.003 of the best in every setting; ``noise`` alone (editing the imperfect
+label only where the noise heads fire) falls behind in the multi-class setting.
 """
 from __future__ import annotations
 
@@ -26,7 +40,7 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from nnunet_noisylabels.losses.noise_identification import FUSION_RULES  # noqa: E402
 from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices  # noqa: E402
@@ -48,6 +62,9 @@ def evaluate_rules(model_folder: str, images: str, clean: str, fold: str = "all"
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from nnunet_noisylabels._autoenv import register
+
+    register()  # the predictor looks the trainer class up through nnUNet_extTrainer
     dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
     num_image, label_ch = label_channel_indices(dataset_json)
     num_classes = len(label_ch) + 1
@@ -76,25 +93,12 @@ def evaluate_rules(model_folder: str, images: str, clean: str, fold: str = "all"
     return results
 
 
-TRAINER_MODULE = '''
-from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer
-
-
-class NoiseIdentificationTrainer_bench(NoiseIdentificationTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=None):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = {epochs}
-        self.num_iterations_per_epoch = {iters}
-        self.num_val_iterations_per_epoch = 2
-'''
-
-
 def run_synthetic(kind: str, num_classes: int, epochs: int, iters: int, n_train: int, n_test: int, seed: int,
-                  workdir: Path) -> dict:
+                  workdir: Path, narrow: bool = True) -> dict:
     """Build a synthetic auxiliary dataset with planted noise, train through nnU-Net, evaluate every rule."""
     from skimage.io import imsave
 
-    from tests.test_noise_identification import write_aux_dataset
+    from test_noise_identification import shrink_plans, write_aux_dataset
 
     raw = workdir / "raw"
     name = "Dataset902_NINbench"
@@ -103,19 +107,19 @@ def run_synthetic(kind: str, num_classes: int, epochs: int, iters: int, n_train:
     clean_dir.mkdir()
     for case, (clean, _) in held_out.items():
         imsave(clean_dir / f"{case}.png", clean, check_contrast=False)
-    (workdir / "trainers").mkdir()
-    (workdir / "trainers" / "nin_bench_trainers.py").write_text(TRAINER_MODULE.format(epochs=epochs, iters=iters))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT),
-               nnUNet_extTrainer=os.pathsep.join([str(REPO_ROOT / "nnunet_noisylabels" / "nnunet_ext"),
-                                                  str(workdir / "trainers")]),
+               nnUNet_extTrainer=str(REPO_ROOT / "nnunet_noisylabels" / "nnunet_ext"),
                nnUNet_raw=str(raw), nnUNet_preprocessed=str(workdir / "pre"), nnUNet_results=str(workdir / "res"),
-               nnUNet_compile="0", nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", OMP_NUM_THREADS="1")
+               nnUNet_compile="0", nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", OMP_NUM_THREADS="1",
+               nnUNet_nl_epochs=str(epochs), nnUNet_nl_iterations=str(iters), nnUNet_nl_val_iterations="2")
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "902", "-c", "2d", "-np", "1"], env=env,
                    check=True, capture_output=True)
-    subprocess.run([str(bindir / "nnUNetv2_train"), "902", "2d", "all", "-tr", "NoiseIdentificationTrainer_bench",
-                    "-device", "cpu"], env=dict(env, nnUNet_n_proc_DA="0"), check=True, capture_output=True)
-    model = workdir / "res" / name / "NoiseIdentificationTrainer_bench__nnUNetPlans__2d"
+    if narrow:
+        shrink_plans(workdir / "pre", name)
+    subprocess.run([str(bindir / "nnUNetv2_train"), "902", "2d", "all", "-tr", "NoiseIdentificationTrainer_budget",
+                    "-device", "cpu"], env=env, check=True, capture_output=True)
+    model = workdir / "res" / name / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d"
     return evaluate_rules(str(model), str(raw / name / "imagesTs"), str(clean_dir))
 
 
@@ -135,6 +139,8 @@ def main() -> None:
     s.add_argument("--n_train", type=int, default=8)
     s.add_argument("--n_test", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--full_width", action="store_true", help="keep the planned feature widths (slow on CPU)")
+    s.add_argument("--workdir", default=None, help="keep datasets and models here instead of a temporary folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -143,9 +149,11 @@ def main() -> None:
     else:
         rows = {}
         for kind in args.kinds:
-            with tempfile.TemporaryDirectory() as tmp:
+            print(f"training on synthetic '{kind}' noise ...", flush=True)
+            with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
                 rows[kind] = run_synthetic(kind, args.num_classes, args.epochs, args.iters, args.n_train,
-                                           args.n_test, args.seed, Path(tmp))
+                                           args.n_test, args.seed, Path(tmp), narrow=not args.full_width)
+            print(kind, rows[kind], flush=True)
     cols = ["imperfect", *FUSION_RULES]
     print("| setting | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")

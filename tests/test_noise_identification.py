@@ -7,9 +7,6 @@ imperfect labels.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +33,8 @@ from nnunet_noisylabels.preprocessing.aux_dataset import (
     label_channel_names,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import console_script, run
+
 torch.set_num_threads(1)
 
 
@@ -300,14 +298,15 @@ def test_intensity_transforms_leave_label_channels_alone():
 
 
 # --------------------------------------------------------------------------------------------- nnU-Net end to end
-def _disk_case(rng: np.random.Generator, size: int, num_classes: int):
-    yy, xx = np.mgrid[:size, :size]
-    clean = np.zeros((size, size), np.uint8)
-    image = rng.normal(0.0, 0.08, (size, size))
+def _blob_case(rng: np.random.Generator, shape: tuple[int, ...], num_classes: int):
+    """Image with one bright ball per foreground class on a noisy background, and its clean label."""
+    grid = np.indices(shape)
+    clean = np.zeros(shape, np.uint8)
+    image = rng.normal(0.0, 0.08, shape)
     for k in range(1, num_classes):
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        r = rng.integers(size // 8, size // 5)
-        inside = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2) & (clean == 0)
+        centre = [rng.integers(s // 4, 3 * s // 4) for s in shape]
+        r = rng.integers(min(shape) // 8, min(shape) // 5 + 1)
+        inside = (sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r ** 2) & (clean == 0)
         clean[inside] = k
         image[inside] += 0.4 * k
     return np.clip(image * 200 + 40, 0, 255).astype(np.uint8), clean
@@ -330,31 +329,45 @@ def plant_noise(clean: np.ndarray, num_classes: int, kind: str, rng: np.random.G
     return out
 
 
-def write_aux_dataset(root: Path, name: str, n_train: int, n_test: int, num_classes: int, kind: str,
-                      seed: int = 0, size: int = 64) -> dict:
-    """Write an auxiliary noise-identification dataset (PNG) and return {case: (clean, imperfect)} of imagesTs."""
-    from skimage.io import imsave
+def _save(array: np.ndarray, path: Path) -> None:
+    if path.suffix == ".png":
+        from skimage.io import imsave
 
+        imsave(path, array, check_contrast=False)
+    else:
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+def write_aux_dataset(root: Path, name: str, n_train: int, n_test: int, num_classes: int, kind: str,
+                      seed: int = 0, shape: tuple[int, ...] = (64, 64)) -> dict:
+    """Write an auxiliary noise-identification dataset (PNG in 2D, NIfTI in 3D).
+
+    Returns:
+        {case: (clean, imperfect)} of the ``imagesTs`` cases.
+    """
     rng = np.random.default_rng(seed)
+    ending = ".png" if len(shape) == 2 else ".nii.gz"
     ds = root / name
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (ds / sub).mkdir(parents=True, exist_ok=True)
     held_out = {}
     for i in range(n_train + n_test):
         case = f"case_{i:03d}"
-        image, clean = _disk_case(rng, size, num_classes)
+        image, clean = _blob_case(rng, shape, num_classes)
         imperfect = plant_noise(clean, num_classes, kind, rng)
         folder = ds / ("imagesTr" if i < n_train else "imagesTs")
-        imsave(folder / f"{case}_0000.png", image, check_contrast=False)
+        _save(image, folder / f"{case}_0000{ending}")
         for k, ch in enumerate(imperfect_label_to_channels(imperfect, num_classes), start=1):
-            imsave(folder / f"{case}_{k:04d}.png", ch, check_contrast=False)
+            _save(ch, folder / f"{case}_{k:04d}{ending}")
         if i < n_train:
-            imsave(ds / "labelsTr" / f"{case}.png", clean, check_contrast=False)
+            _save(clean, ds / "labelsTr" / f"{case}{ending}")
         else:
             held_out[case] = (clean, imperfect)
     labels = {"background": 0, **{f"structure{k}": k for k in range(1, num_classes)}}
     dataset_json = {"channel_names": label_channel_names({"0": "zscore"}, num_classes), "labels": labels,
-                    "numTraining": n_train, "file_ending": ".png", **aux_dataset_json_keys(1, num_classes)}
+                    "numTraining": n_train, "file_ending": ending, **aux_dataset_json_keys(1, num_classes)}
     (ds / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return held_out
 
@@ -368,31 +381,6 @@ def dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
     return float(np.mean(scores))
 
 
-TEST_TRAINER_MODULE = '''
-from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer
-
-
-class NoiseIdentificationTrainer_test(NoiseIdentificationTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=None):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = {epochs}
-        self.num_iterations_per_epoch = {iters}
-        self.num_val_iterations_per_epoch = 2
-'''
-
-
-def _nnunet_env(tmp_path: Path, trainer_dir: Path) -> dict:
-    env = dict(os.environ)
-    env.update({
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "nnUNet_extTrainer": os.pathsep.join([str(REPO_ROOT / "nnunet_noisylabels" / "nnunet_ext"), str(trainer_dir)]),
-        "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
-        "nnUNet_results": str(tmp_path / "res"), "nnUNet_compile": "0", "nnUNet_def_n_proc": "1",
-        "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-    })
-    return env
-
-
 def shrink_plans(preprocessed: Path, dataset: str, max_features: int = 32) -> None:
     """Cap the width of the planned network (a plain plans edit) so CPU tests train in seconds, not minutes."""
     plans_file = preprocessed / dataset / "nnUNetPlans.json"
@@ -404,38 +392,24 @@ def shrink_plans(preprocessed: Path, dataset: str, max_features: int = 32) -> No
     plans_file.write_text(json.dumps(plans, indent=2))
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
-def _run(cmd: list[str], env: dict):
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("num_classes,kind", [(2, "dilate")])
-def test_trainer_revises_planted_noise_through_nnunet(tmp_path, num_classes, kind):
+def test_trainer_revises_planted_noise_through_nnunet(tmp_path, nnunet_env, num_classes, kind):
     """Train through nnU-Net (plan, preprocess, train, predict imagesTs) and beat the imperfect labels' Dice."""
     from skimage.io import imread
 
-    held_out = write_aux_dataset(tmp_path / "raw", "Dataset901_NINtest", n_train=8, n_test=4,
-                                 num_classes=num_classes, kind=kind)
-    trainer_dir = tmp_path / "trainers"
-    trainer_dir.mkdir()
-    (trainer_dir / "nin_test_trainers.py").write_text(TEST_TRAINER_MODULE.format(epochs=4, iters=25))
-    env = _nnunet_env(tmp_path, trainer_dir)
-    # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1 there
-    _run([_bin("nnUNetv2_plan_and_preprocess"), "-d", "901", "-c", "2d", "-np", "1", "--verify_dataset_integrity"],
-         dict(env, nnUNet_n_proc_DA="1"))
-    shrink_plans(tmp_path / "pre", "Dataset901_NINtest")
-    _run([_bin("nnUNetv2_train"), "901", "2d", "all", "-tr", "NoiseIdentificationTrainer_test", "-device", "cpu"],
-         env)
+    raw = Path(nnunet_env["nnUNet_raw"])
+    held_out = write_aux_dataset(raw, "Dataset901_NINtest", n_train=8, n_test=4, num_classes=num_classes, kind=kind)
+    env = dict(nnunet_env, nnUNet_nl_epochs="4", nnUNet_nl_iterations="25", nnUNet_nl_val_iterations="2")
+    run([console_script("nnUNetv2_plan_and_preprocess"), "-d", "901", "-c", "2d", "-np", "1",
+         "--verify_dataset_integrity"], env)
+    shrink_plans(Path(env["nnUNet_preprocessed"]), "Dataset901_NINtest")
+    run([console_script("nnUNetv2_train"), "901", "2d", "all", "-tr", "NoiseIdentificationTrainer_budget",
+         "-device", "cpu"], env)
     out_dir = tmp_path / "pred"
-    _run([_bin("nnUNetv2_predict"), "-d", "901", "-c", "2d", "-f", "all", "-tr", "NoiseIdentificationTrainer_test",
-          "-i", str(tmp_path / "raw" / "Dataset901_NINtest" / "imagesTs"), "-o", str(out_dir), "-device", "cpu",
-          "-npp", "0", "-nps", "0"], env)
+    run([console_script("nnUNetv2_predict"), "-d", "901", "-c", "2d", "-f", "all",
+         "-tr", "NoiseIdentificationTrainer_budget", "-i", str(raw / "Dataset901_NINtest" / "imagesTs"),
+         "-o", str(out_dir), "-device", "cpu", "-npp", "0", "-nps", "0"], env)
     d_imperfect, d_revised = [], []
     for case, (clean, imperfect) in held_out.items():
         revised = imread(out_dir / f"{case}.png")
@@ -444,3 +418,56 @@ def test_trainer_revises_planted_noise_through_nnunet(tmp_path, num_classes, kin
         d_revised.append(dice(revised, clean, num_classes))
     # a no-op revision (revised == imperfect) fails this margin
     assert np.mean(d_revised) > np.mean(d_imperfect) + 0.1, (d_imperfect, d_revised)
+
+    # noise maps: the over-annotation head fires on the planted dilation ring, not on the true structure
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_noisylabels.trainers.noise_identification import predict_branch_logits
+
+    model = Path(env["nnUNet_results"]) / "Dataset901_NINtest" / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d"
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), ("all",))
+    case = sorted(held_out)[0]
+    clean, imperfect = held_out[case]
+    files = [str(raw / "Dataset901_NINtest" / "imagesTs" / f"{case}_{c:04d}.png") for c in range(num_classes)]
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    data, _, _ = preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
+                                       predictor.dataset_json)
+    data = torch.from_numpy(data)
+    heads = split_branches(predict_branch_logits(predictor, data)[None], num_classes)  # (1, K, 1, X, Y) each
+    assert predictor.network.eval_output == "fused"  # restored
+    over = torch.sigmoid(heads["over"][0, 1, 0]).numpy()  # (X, Y): 2D cases are (1, X, Y) after preprocessing
+    ring, core = (imperfect == 1) & (clean == 0), (clean == 1)
+    assert over.shape == clean.shape
+    assert over[ring].mean() > 0.5 > over[core].mean(), (over[ring].mean(), over[core].mean())
+    # fusing the heads reproduces the fused output the stock predictor exports
+    fused = predictor.predict_logits_from_preprocessed_data(data)
+    y = one_hot(imperfect_label_from_channels(data[None, 1:]), num_classes)
+    refused = fuse_logits(heads["revised"], heads["over"], heads["under"], y, predictor.network.fusion)[0]
+    assert torch.equal(fused.argmax(0), refused.argmax(0))
+
+
+@pytest.mark.slow
+def test_debug_trainer_3d_multiclass_trains_validates_and_predicts(tmp_path, nnunet_env):
+    """Plumbing in 3D with K=3: training, nnU-Net's final validation and stock prediction all run."""
+    import SimpleITK as sitk
+
+    raw = Path(nnunet_env["nnUNet_raw"])
+    held_out = write_aux_dataset(raw, "Dataset903_NIN3D", n_train=5, n_test=2, num_classes=3, kind="box",
+                                 shape=(20, 24, 24))
+    run([console_script("nnUNetv2_plan_and_preprocess"), "-d", "903", "-c", "3d_fullres", "-np", "1"], nnunet_env)
+    shrink_plans(Path(nnunet_env["nnUNet_preprocessed"]), "Dataset903_NIN3D")
+    run([console_script("nnUNetv2_train"), "903", "3d_fullres", "all", "-tr", "NoiseIdentificationTrainer_debug",
+         "-device", "cpu"], nnunet_env)
+    model = Path(nnunet_env["nnUNet_results"]) / "Dataset903_NIN3D" / \
+        "NoiseIdentificationTrainer_debug__nnUNetPlans__3d_fullres" / "fold_all"
+    assert (model / "checkpoint_final.pth").is_file()
+    summary = json.loads((model / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2"}
+    out_dir = tmp_path / "pred"
+    run([console_script("nnUNetv2_predict"), "-d", "903", "-c", "3d_fullres", "-f", "all",
+         "-tr", "NoiseIdentificationTrainer_debug", "-i", str(raw / "Dataset903_NIN3D" / "imagesTs"),
+         "-o", str(out_dir), "-device", "cpu", "-npp", "0", "-nps", "0"], nnunet_env)
+    for case, (clean, _) in held_out.items():
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / f"{case}.nii.gz")))
+        assert pred.shape == clean.shape and set(np.unique(pred)) <= {0, 1, 2}

@@ -39,6 +39,7 @@ from nnunet_noisylabels.networks.noise_identification import (
     build_noise_identification_network,
 )
 from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices
+from nnunet_noisylabels.trainers.budget import BudgetMixin
 
 
 class ImageChannelsOnlyTransform(BasicTransform):
@@ -80,6 +81,42 @@ def restrict_intensity_transforms(transforms: ComposeTransforms, num_image_chann
             t = RandomTransform(ImageChannelsOnlyTransform(t.transform, num_image_channels), t.apply_probability)
         out.append(t)
     return ComposeTransforms(out)
+
+
+class _HeadCountOverride:
+    """A label manager that reports another number of output channels (the predictor allocates by it)."""
+
+    def __init__(self, label_manager, num_heads: int):
+        self._label_manager = label_manager
+        self.num_segmentation_heads = num_heads
+
+    def __getattr__(self, name):
+        return getattr(self._label_manager, name)
+
+
+def predict_branch_logits(predictor, data: torch.Tensor) -> torch.Tensor:
+    """Raw logits of all three heads for one preprocessed case, through nnU-Net's sliding window (and mirroring).
+
+    Args:
+        predictor: an ``nnUNetPredictor`` initialized from a ``NoiseIdentificationTrainer*`` model folder.
+        data: (C+K-1, X, Y[, Z]) preprocessed input (image channels, then the imperfect-label channels).
+
+    Returns:
+        (3K, X, Y[, Z]) float logits [K revised, K over, K under] in the preprocessed geometry; split them with
+        ``nnunet_noisylabels.losses.noise_identification.split_branches``.
+    """
+    net = predictor.network._orig_mod if isinstance(predictor.network, OptimizedModule) else predictor.network
+    if not isinstance(net, NoiseIdentificationNetwork):
+        raise ValueError(f"The predictor holds a {type(net).__name__}, not a NoiseIdentificationNetwork; "
+                         f"initialize it from a NoiseIdentificationTrainer model folder.")
+    label_manager, eval_output = predictor.label_manager, net.eval_output
+    net.eval_output = "branches"
+    predictor.label_manager = _HeadCountOverride(label_manager, 3 * label_manager.num_segmentation_heads)
+    try:
+        return predictor.predict_logits_from_preprocessed_data(data)
+    finally:
+        net.eval_output = eval_output
+        predictor.label_manager = label_manager
 
 
 class NoiseIdentificationTrainer(nnUNetTrainer):
@@ -183,19 +220,19 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
         self.print_to_log_file("branch losses: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items()))
 
 
-class NoiseIdentificationTrainer_5epochs(NoiseIdentificationTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+class NoiseIdentificationTrainer_5epochs(BudgetMixin, NoiseIdentificationTrainer):
+    budget_epochs = 5
 
 
-class NoiseIdentificationTrainer_debug(NoiseIdentificationTrainer):
-    """A few iterations only: for tests of the plumbing, not of quality."""
+class NoiseIdentificationTrainer_debug(BudgetMixin, NoiseIdentificationTrainer):
+    """A few iterations only (2 epochs x 3): for tests of the plumbing, not of quality."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 2
+    budget_epochs = 2
+    budget_iterations = 3
+    budget_val_iterations = 2
+
+
+class NoiseIdentificationTrainer_budget(BudgetMixin, NoiseIdentificationTrainer):
+    """Budget from ``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations`` / ``nnUNet_nl_val_iterations`` (benchmarks)."""
+
+    budget_from_env = True
