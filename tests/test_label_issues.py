@@ -144,3 +144,81 @@ def test_planted_errors_rank_first_2d_and_3d(shape):
     # clean cases: few flags, all of them in the uncertain band at the contour
     for c in set(probs) - corrupted:
         assert scores[c]["issue_fraction_roi"] < 0.1
+
+
+def _fake_results_folder(root, shape, rng):
+    """An nnU-Net results folder with 5-fold validation npz files and the labelsTr they were trained on."""
+    import json
+    import os
+
+    import SimpleITK as sitk
+    from skimage import io
+
+    probs, labels, corrupted = _planted_dataset(shape, rng)
+    two_d = len(shape) == 2
+    ending = ".png" if two_d else ".nii.gz"
+    dataset_json = {"channel_names": {"0": "x"}, "labels": {"background": 0, "fg": 1}, "numTraining": 10,
+                    "file_ending": ending}
+    results = root / "nnUNet_results" / "Dataset001_Toy" / "nnUNetTrainer__nnUNetPlans__2d"
+    labels_dir = root / "labelsTr"
+    labels_dir.mkdir(parents=True)
+    results.mkdir(parents=True)
+    (results / "dataset.json").write_text(json.dumps(dataset_json))
+    (results / "plans.json").write_text(json.dumps({"dataset_name": "Dataset001_Toy"}))
+    for i, case in enumerate(sorted(probs)):
+        val = results / f"fold_{i % 5}" / "validation"
+        os.makedirs(val, exist_ok=True)
+        # nnU-Net's probabilities are (C, *image array shape): PNG arrays read as (1, X, Y)
+        p = probs[case][:, None] if two_d else probs[case]
+        np.savez_compressed(val / f"{case}.npz", probabilities=p)
+        if two_d:
+            io.imsave(labels_dir / f"{case}.png", labels[case], check_contrast=False)
+        else:
+            sitk.WriteImage(sitk.GetImageFromArray(labels[case]), str(labels_dir / f"{case}.nii.gz"))
+    return results, labels_dir, labels, corrupted, ending
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (24, 24, 24)])
+def test_cli_ranks_planted_errors_and_writes_issue_maps(tmp_path, shape, capsys):
+    import json
+
+    import SimpleITK as sitk
+    from skimage import io
+
+    from nnunet_noisylabels.cli.find_issues import main
+
+    results, labels_dir, labels, corrupted, ending = _fake_results_folder(tmp_path, shape, np.random.default_rng(2))
+    before = {p.name: p.read_bytes() for p in labels_dir.iterdir()}
+    out = tmp_path / "issues"
+    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(out), "--no_pbar"]) == 0
+    table = json.loads((out / "label_issues.json").read_text())
+    ranked = [r["case"] for r in table["cases"]]
+    assert len(ranked) == 10 and set(ranked[:3]) == corrupted
+    assert [r["rank"] for r in table["cases"]] == list(range(1, 11))
+    csv_lines = (out / "label_issues.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("rank,case,label_quality")
+    assert [line.split(",")[1] for line in csv_lines[1:]] == ranked
+    # issue maps: label files in the label's geometry, flags only where the row says
+    for row in table["cases"]:
+        path = out / "issue_maps" / f"{row['case']}{ending}"
+        arr = io.imread(path) if ending == ".png" else sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        assert arr.shape == labels[row["case"]].shape
+        assert set(np.unique(arr)) <= {0, 1}
+        assert int(arr.sum()) == row["num_issues"]
+    assert table["cases"][0]["num_issues"] > 0
+    # labels untouched
+    assert {p.name: p.read_bytes() for p in labels_dir.iterdir()} == before
+    assert ranked[0] in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear_and_nonzero(tmp_path, capsys):
+    from nnunet_noisylabels.cli.find_issues import main
+
+    results, labels_dir, *_ = _fake_results_folder(tmp_path, (16, 16), np.random.default_rng(3))
+    assert main(["-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--no_pbar"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "-f", "all"]) == 1
+    assert "out-of-fold" in capsys.readouterr().err
+    (labels_dir / "case_003.png").unlink()
+    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "--no_pbar"]) == 1
+    assert "No label file" in capsys.readouterr().err
