@@ -11,6 +11,9 @@ import pkgutil
 
 def all_trainer_classes() -> dict[str, type]:
     """Import every module of this package and return its nnUNetTrainer subclasses by name."""
+    from nnunet_noisylabels import check_nnunet_version
+
+    check_nnunet_version()
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     found: dict[str, type] = {}

@@ -1,0 +1,64 @@
+"""Training-budget control for short runs, tests and benchmarks.
+
+``nnUNetTrainer`` hard-codes 1000 epochs of 250 iterations. :class:`BudgetMixin` sets the budget from class
+attributes (nnU-Net's ``nnUNetTrainer_5epochs`` style, but also iterations per epoch) and, for the ``*_budget``
+variants, from environment variables so that every arm of a benchmark runs at exactly the same budget:
+
+- ``nnUNet_nl_epochs``: number of epochs
+- ``nnUNet_nl_iterations``: training iterations per epoch
+- ``nnUNet_nl_val_iterations``: validation iterations per epoch
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+BUDGET_ENV = {"num_epochs": "nnUNet_nl_epochs", "num_iterations_per_epoch": "nnUNet_nl_iterations",
+              "num_val_iterations_per_epoch": "nnUNet_nl_val_iterations"}
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise ValueError(f"Environment variable {name}={value!r} must be a positive integer.")
+    return v
+
+
+class BudgetMixin:
+    """Put before an nnUNetTrainer subclass in the bases to give it a fixed or environment-driven budget."""
+
+    budget_epochs: int | None = None
+    budget_iterations: int | None = None
+    budget_val_iterations: int | None = None
+    budget_from_env: bool = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for attr, value in (("num_epochs", self.budget_epochs), ("num_iterations_per_epoch", self.budget_iterations),
+                            ("num_val_iterations_per_epoch", self.budget_val_iterations)):
+            if value is not None:
+                setattr(self, attr, value)
+            if self.budget_from_env and os.environ.get(BUDGET_ENV[attr]):
+                setattr(self, attr, _positive_int(BUDGET_ENV[attr], os.environ[BUDGET_ENV[attr]]))
+        # short runs: never write intermediate checkpoints more often than needed
+        self.save_every = max(1, min(self.save_every, self.num_epochs))
+
+
+class nnUNetTrainer_NLdebug(BudgetMixin, nnUNetTrainer):
+    """Plain nnU-Net with a tiny budget (4 epochs x 15 iterations), for the test suite and smoke tests."""
+
+    budget_epochs = 4
+    budget_iterations = 15
+    budget_val_iterations = 2
+
+
+class nnUNetTrainer_NLbudget(BudgetMixin, nnUNetTrainer):
+    """Plain nnU-Net whose budget comes from ``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations`` (benchmarks)."""
+
+    budget_from_env = True
