@@ -15,7 +15,6 @@ Labels are only read, never modified.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from nnunet_noisylabels.preprocessing.label_issues import (
     find_label_issues,
     rank_cases,
 )
+from nnunet_noisylabels.utilities.raw_dataset import read_label, write_label_atomic
 
 COLUMNS = ("rank", "case", "label_quality", "num_issues", "issue_fraction", "issue_fraction_roi",
            "mean_self_confidence", "dice_given_vs_predicted", "fold")
@@ -50,18 +50,6 @@ def _atomic_write_text(text: str, path: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _atomic_write_label(writer, seg: np.ndarray, path: str, properties: dict) -> None:
-    """Write through nnU-Net's reader/writer into a temporary file of the same format, then move into place."""
-    folder, name = os.path.dirname(path), basename(path)
-    tmp = join(folder, f".tmp_{os.getpid()}_{name}")
-    try:
-        writer.write_seg(seg, tmp, properties)
-        os.replace(tmp, path)
-    finally:
-        if isfile(tmp):
-            os.remove(tmp)
 
 
 def resolve_results_folder(dataset: str, configuration: str, trainer: str = "nnUNetTrainer",
@@ -130,8 +118,6 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
     Returns:
         The table rows, worst case first.
     """
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-
     if not isdir(results_folder):
         raise FileNotFoundError(f"Results folder {results_folder} does not exist.")
     for f in ("dataset.json", "plans.json"):
@@ -161,17 +147,15 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
     if missing:
         raise FileNotFoundError(f"No label file for {len(missing)} case(s) with probabilities, e.g. "
                                 f"{label_files[missing[0]]}. Is -l the labelsTr the folds were trained on?")
-    reader = determine_reader_writer_from_dataset_json(dataset_json, label_files[next(iter(label_files))])()
-
     def load(case):
         probs = np.load(probs_files[case][1])["probabilities"]
-        seg, props = reader.read_seg(label_files[case])
+        seg, props = read_label(label_files[case], dataset_json)
         if probs.shape[0] != num_classes:
             raise ValueError(f"{probs_files[case][1]} has {probs.shape[0]} classes, dataset.json {num_classes}.")
-        if seg.shape[1:] != probs.shape[1:]:
-            raise ValueError(f"Label {label_files[case]} has shape {seg.shape[1:]} but its probabilities "
+        if seg.shape != probs.shape[1:]:
+            raise ValueError(f"Label {label_files[case]} has shape {seg.shape} but its probabilities "
                              f"{probs.shape[1:]}; were the folds trained on these labels?")
-        return probs, seg[0], props
+        return probs, seg, props
 
     cases = sorted(probs_files)
     # pass 1: dataset-wide per-class thresholds (streamed so 3D datasets need one case in memory at a time)
@@ -189,7 +173,7 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
         probs, seg, props = load(case)
         issues = find_label_issues(probs, seg, thresholds, method=method, ignore_label=ignore_label)
         scores[case] = case_quality(probs, seg, issues, ignore_label=ignore_label)
-        _atomic_write_label(reader, issues.astype(np.uint8), join(maps_folder, case + file_ending), props)
+        write_label_atomic(issues.astype(np.uint8), join(maps_folder, case + file_ending), props, dataset_json)
 
     rows = []
     for rank, case in enumerate(rank_cases(scores), start=1):
