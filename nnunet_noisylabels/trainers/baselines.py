@@ -9,7 +9,8 @@ with ``nnUNet_extTrainer`` pointing at ``nnunet_noisylabels/nnunet_ext``. The lo
 (:mod:`nnunet_noisylabels.losses.robust`). All of them need label-based (softmax) training; datasets with regions
 are refused.
 
-Co-teaching (two networks) lives in :mod:`nnunet_noisylabels.trainers.coteaching`.
+``nnUNetTrainerCoTeaching`` trains two networks (the plugin's :class:`~nnunet_noisylabels.networks.twin.TwinNetwork`,
+shared with NoiseRobustTrainer) with pixel-wise small-loss selection (:mod:`nnunet_noisylabels.losses.coteaching`).
 """
 from __future__ import annotations
 
@@ -25,14 +26,17 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import softmax_helper_dim1
+from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_noisylabels.losses.coteaching import coteaching_selection, forget_rate_schedule, voxel_cross_entropy
 from nnunet_noisylabels.losses.robust import (
     GeneralizedCrossEntropyLoss,
     NoiseRobustDiceLoss,
     SLSRCrossEntropyLoss,
     soft_cross_entropy,
 )
+from nnunet_noisylabels.trainers.budget import BudgetMixin
 
 #: environment variable naming the folder of issue maps for nnUNetTrainerCLSLR (default: see that class)
 ISSUE_MAPS_ENV = "nnUNet_nl_issue_maps"
@@ -257,6 +261,126 @@ class nnUNetTrainerCLSLR(_RobustLossTrainer):
         return super().validation_step({**batch, 'target': labels})
 
 
+class nnUNetTrainerCoTeaching(nnUNetTrainer):
+    """Co-teaching: two networks, each trained on the voxels its peer finds easy (pixel-wise small-loss selection).
+
+    Han et al., "Co-teaching: Robust Training of Deep Neural Networks with Extremely Noisy Labels", NeurIPS 2018;
+    pixel-wise for segmentation as in PyMIC's co-teaching agent. At every deep-supervision scale each network's
+    per-voxel cross entropy ranks the voxels; the ``1 - forget_rate`` smallest-loss fraction selected by network A
+    is where network B is trained (CE, plus nnU-Net's soft Dice restricted to those voxels), and vice versa. The
+    forget rate ramps linearly from 0 to ``coteaching_forget_rate`` over ``coteaching_num_gradual`` epochs.
+
+    The two networks live in one :class:`~nnunet_noisylabels.networks.twin.TwinNetwork` (different random
+    initializations; eval mode returns their mean logits), so checkpoints, ``--val`` and ``nnUNetv2_predict`` work
+    unchanged and inference averages both networks.
+
+    Attributes:
+        coteaching_forget_rate: final fraction of voxels dropped (Han et al. set it to the noise rate; 0.2 here).
+        coteaching_num_gradual: epochs of the linear ramp (10 in the paper); scaled down for short runs to at most
+            ``num_epochs // 2``.
+        coteaching_per_sample: rank voxels within each sample instead of within the batch.
+        weight_dice: weight of the masked soft Dice term (0 for CE only, as in the paper).
+    """
+
+    network_init_seeds: tuple[int, int] | None = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_regions:
+            raise ValueError(f"{self.__class__.__name__} supports label-based (softmax) training only, but this "
+                             f"dataset.json defines regions. Use plain integer labels or nnUNetTrainer.")
+        self.coteaching_forget_rate = 0.2
+        self.coteaching_num_gradual = 10
+        self.coteaching_per_sample = False
+        self.weight_dice = 1.0
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Two plan networks with different initializations in one TwinNetwork (also what the predictor builds)."""
+        from nnunet_noisylabels.networks.twin import TwinNetwork
+
+        seeds = cls.network_init_seeds
+        if seeds is None:
+            base = int(torch.randint(0, 2 ** 31 - 2, (1,)).item())
+            seeds = (base, base + 1)
+
+        def build() -> nn.Module:
+            return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                            num_output_channels, enable_deep_supervision)
+
+        return TwinNetwork.from_builder(build, seeds)
+
+    def _build_loss(self):
+        # nnU-Net's loss for validation (on the twins' mean); training uses the co-teaching rule in train_step
+        loss = super()._build_loss()
+        self._ds_weights = tuple(loss.weight_factors) if isinstance(loss, DeepSupervisionWrapper) else (1.0,)
+        self._masked_dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1,
+                                                        batch_dice=self.configuration_manager.batch_dice,
+                                                        do_bg=False, smooth=1e-5, ddp=self.is_ddp)
+        return loss
+
+    def current_forget_rate(self) -> float:
+        """Forget rate of the current epoch (linear ramp, shortened to half the run for short budgets)."""
+        gradual = min(self.coteaching_num_gradual, max(1, self.num_epochs // 2))
+        return forget_rate_schedule(self.current_epoch, self.coteaching_forget_rate, gradual)
+
+    def coteaching_losses(self, outputs_a: list[torch.Tensor], outputs_b: list[torch.Tensor],
+                          targets: list[torch.Tensor], forget_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deep-supervision-weighted co-teaching losses of both networks."""
+        ignore = self.label_manager.ignore_label
+        total_a, total_b = 0.0, 0.0
+        for w, out_a, out_b, t in zip(self._ds_weights, outputs_a, outputs_b, targets):
+            if w == 0:
+                continue
+            ce_a, mask = voxel_cross_entropy(out_a, t, ignore)
+            ce_b, _ = voxel_cross_entropy(out_b, t, ignore)
+            train_a, train_b = coteaching_selection(ce_a, ce_b, forget_rate, mask, self.coteaching_per_sample)
+            for ce, out, sel, is_a in ((ce_a, out_a, train_a, True), (ce_b, out_b, train_b, False)):
+                term = (ce * sel).sum() / sel.sum().clamp_min(1)
+                if self.weight_dice != 0:
+                    labels = t if ignore is None else torch.where(t == ignore, torch.zeros_like(t), t)
+                    term = term + self.weight_dice * self._masked_dice(out, labels, loss_mask=sel.float())
+                if is_a:
+                    total_a = total_a + w * term
+                else:
+                    total_b = total_b + w * term
+        return total_a, total_b
+
+    def train_step(self, batch: dict) -> dict:
+        from torch import autocast
+
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        targets = [i.to(self.device, non_blocking=True) for i in target] if isinstance(target, list) \
+            else [target.to(self.device, non_blocking=True)]
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            out_a, out_b = self.network(data)
+            out_a = out_a if isinstance(out_a, (list, tuple)) else [out_a]
+            out_b = out_b if isinstance(out_b, (list, tuple)) else [out_b]
+            loss_a, loss_b = self.coteaching_losses(out_a, out_b, targets, self.current_forget_rate())
+            l = loss_a + loss_b
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(l).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            l.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        # the mean of both networks' losses, comparable to single-network trainers' logged loss
+        return {'loss': (l.detach() / 2).cpu().numpy()}
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.print_to_log_file(f"co-teaching forget rate {self.current_forget_rate():.4f}")
+
+
 class nnUNetTrainerGCE_5epochs(nnUNetTrainerGCE):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -276,3 +400,28 @@ class nnUNetTrainerCLSLR_5epochs(nnUNetTrainerCLSLR):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 5
+
+
+# budget variants: epochs and iterations from nnUNet_nl_epochs / nnUNet_nl_iterations / nnUNet_nl_val_iterations, so
+# that every arm of a benchmark trains for exactly the same budget (see trainers/budget.py)
+class nnUNetTrainerGCE_NLbudget(BudgetMixin, nnUNetTrainerGCE):
+    budget_from_env = True
+
+
+class nnUNetTrainerNRDice_NLbudget(BudgetMixin, nnUNetTrainerNRDice):
+    budget_from_env = True
+
+
+class nnUNetTrainerCLSLR_NLbudget(BudgetMixin, nnUNetTrainerCLSLR):
+    budget_from_env = True
+
+
+class nnUNetTrainerCoTeaching_5epochs(nnUNetTrainerCoTeaching):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+
+
+class nnUNetTrainerCoTeaching_NLbudget(BudgetMixin, nnUNetTrainerCoTeaching):
+    budget_from_env = True
