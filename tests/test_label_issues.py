@@ -222,3 +222,19 @@ def test_cli_errors_are_clear_and_nonzero(tmp_path, capsys):
     (labels_dir / "case_003.png").unlink()
     assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "--no_pbar"]) == 1
     assert "No label file" in capsys.readouterr().err
+
+
+def test_cli_finds_results_folder_from_dataset_id(tmp_path, monkeypatch):
+    import json
+
+    from nnunet_noisylabels.cli.find_issues import main
+
+    results, labels_dir, _, corrupted, _ = _fake_results_folder(tmp_path, (32, 32), np.random.default_rng(4))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "nnUNet_results"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert main(["-d", "1", "-c", "2d", "-l", str(labels_dir), "--no_pbar"]) == 0
+    # default output: where nnUNetTrainerCLSLR looks
+    table = json.loads((tmp_path / "pre" / "Dataset001_Toy" / "label_issues" / "label_issues.json").read_text())
+    assert set(r["case"] for r in table["cases"][:3]) == corrupted
+    assert (tmp_path / "pre" / "Dataset001_Toy" / "label_issues" / "issue_maps" / "case_001.png").is_file()
+    assert main(["-d", "2", "-c", "2d", "--no_pbar"]) == 1
