@@ -193,3 +193,27 @@ def test_coteaching_trains_and_predicts_through_stock_nnunet(planned, tmp_path):
          "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerCoTeaching_NLbudget", "-device", "cpu", "-npp", "0", "-nps",
          "0", "--disable_progress_bar"], env)
     assert len(list(out.glob("*.png"))) == 6
+
+
+@pytest.mark.slow
+def test_user_flow_crossvalidation_find_issues_then_clslr(planned, monkeypatch, tmp_path):
+    """5-fold nnUNetv2_train --npz, nnUNetv2_nl_find_issues on its real output, then nnUNetTrainerCLSLR."""
+    from skimage import io
+
+    from nnunet_noisylabels.cli.find_issues import main
+
+    env = planned["env"]
+    for fold in range(5):
+        run([console_script("nnUNetv2_train"), "991", "2d", str(fold), "-tr", "nnUNetTrainer_NLbudget", "-device",
+             "cpu", "--npz"], env)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+    out = tmp_path / "issues"
+    assert main(["-d", "991", "-c", "2d", "-tr", "nnUNetTrainer_NLbudget", "-o", str(out), "--no_pbar"]) == 0
+    table = json.loads((out / "label_issues.json").read_text())
+    assert sorted(r["case"] for r in table["cases"]) == [f"case_{i:03d}" for i in range(6)]
+    for r in table["cases"]:
+        issue_map = io.imread(out / "issue_maps" / f"{r['case']}.png")
+        label = io.imread(planned["raw"] / "labelsTr" / f"{r['case']}.png")
+        assert issue_map.shape == label.shape and int(issue_map.sum()) == r["num_issues"]
+    _train({**env, "nnUNet_nl_issue_maps": str(out / "issue_maps")}, "nnUNetTrainerCLSLR_NLbudget", fold="1")
