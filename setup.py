@@ -51,6 +51,8 @@ setup(
         "console_scripts": [
             "nnUNetv2_nl_env = nnunet_noisylabels.cli.env:main",
             "nnUNetv2_nl_demo = nnunet_noisylabels.cli.demo:main",
+            "nnUNetv2_nl_corrupt = nnunet_noisylabels.cli.corrupt:main",
+            "nnUNetv2_nl_revise = nnunet_noisylabels.cli.revise:main",
         ],
     },
     cmdclass={"build_py": build_py_with_pth},

@@ -1,0 +1,355 @@
+"""Benchmark: every arm at the same training budget, on a held-out test split, written as CSV + Markdown.
+
+From a clean nnU-Net raw dataset that has a held-out test split (imagesTs/labelsTs; the converters in this folder
+write one), a noise protocol and a clean fraction, this script
+
+1. corrupts the training labels with ``nnUNetv2_nl_corrupt`` (clean subset kept in ``labelsTr_clean/``);
+2. builds the clean-subset dataset (only the clean pairs);
+3. revises the labels with ``nnUNetv2_nl_revise`` (phase 1) and, for comparison, with its ``clean_only`` mode
+   (nnU-Net trained on the clean pairs alone predicts the rest);
+4. trains every arm with stock ``nnUNetv2_train`` at one budget (``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations``
+   read by the ``*_budget`` trainers), predicts the test split with ``nnUNetv2_predict`` and scores it
+   (Dice and HD95 per structure, mean and spread over cases);
+5. writes ``results.csv``, ``results.md`` and ``label_quality.csv`` into the work folder.
+
+Every finished step leaves its output behind and is skipped on a re-run, so a killed run resumes where it stopped
+(an interrupted training continues from its latest checkpoint).
+
+Example (CPU mode, JSRT lung downsampled to 64x64, Markov noise, 10% clean):
+
+    python benchmarks/run_benchmark.py --source jsrt-lung --size 64 --protocol markov --clean_fraction 0.1 \\
+        --mode cpu --work bench_output/jsrt_lung_markov
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+# noise protocols of the literature (see the README of the corruption toolkit for every parameter)
+PROTOCOLS = {
+    # Yao et al. ICLR 2023, JSRT setting: T=180, theta1=0.8 (growing), theta2=0.05, theta3=0.2
+    "markov": ["--noise", "markov", "--param", "T=180", "theta1=0.8", "theta2=0.05", "theta3=0.2"],
+    # Li et al. MICCAI 2021: alpha of the cases corrupted by dilation, erosion or affine until beta changed
+    "alpha_beta": ["--noise", "alpha_beta", "--alpha", "0.7", "--beta", "0.5"],
+    # weak labels: tight boxes around each connected component
+    "box": ["--noise", "box"],
+}
+
+# arm -> (labels used for training, trainer)
+ARMS = {
+    "nnunet_noisy": ("noisy", "nnUNetTrainer_NLbudget"),
+    "nnunet_clean_subset": ("clean_subset", "nnUNetTrainer_NLbudget"),
+    "nnunet_revised": ("revised", "nnUNetTrainer_NLbudget"),
+    "robust_noisy": ("noisy", "NoiseRobustTrainer_budget"),
+    "robust_revised": ("revised", "NoiseRobustTrainer_budget"),
+    "gce_noisy": ("noisy", "nnUNetTrainerGCE_budget"),
+    "nrdice_noisy": ("noisy", "nnUNetTrainerNRDice_budget"),
+    "clslr_noisy": ("noisy", "nnUNetTrainerCLSLR_budget"),
+    "coteaching_noisy": ("noisy", "nnUNetTrainerCoTeaching_budget"),
+    "nnunet_clean_full": ("clean_full", "nnUNetTrainer_NLbudget"),
+}
+DEFAULT_ARMS = ["nnunet_noisy", "nnunet_clean_subset", "nnunet_revised", "robust_noisy", "robust_revised",
+                "gce_noisy", "coteaching_noisy", "nnunet_clean_full"]
+
+BUDGETS = {  # (epochs, iterations per epoch, validation iterations per epoch)
+    "cpu": (10, 50, 5),
+    "full": (1000, 250, 50),
+}
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = Path(args.work).resolve()
+        self.env = dict(os.environ)
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            self.env[k] = str(self.work / k)
+            Path(self.env[k]).mkdir(parents=True, exist_ok=True)
+        epochs, iters, val_iters = BUDGETS[args.mode]
+        self.budget = {"epochs": args.epochs or epochs, "iterations": args.iterations or iters,
+                       "val_iterations": val_iters}
+        self.env.update({"nnUNet_nl_epochs": str(self.budget["epochs"]),
+                         "nnUNet_nl_iterations": str(self.budget["iterations"]),
+                         "nnUNet_nl_val_iterations": str(self.budget["val_iterations"])})
+        if args.device == "cpu":
+            self.env.setdefault("nnUNet_compile", "0")
+            self.env.setdefault("nnUNet_def_n_proc", str(args.np))
+            self.env.setdefault("nnUNet_n_proc_DA", str(max(1, args.np - 1)))
+        self.bin = Path(sys.executable).parent
+        self.log = self.work / "benchmark.log"
+        self.ids = {name: args.base_id + i for i, name in
+                    enumerate(["source", "noisy", "clean_subset", "revised", "clean_only_revised"])}
+        self.timings: dict[str, float] = {}
+        state = self.work / "timings.json"
+        if state.is_file():
+            self.timings = json.loads(state.read_text())
+
+    # ---------------------------------------------------------------- helpers
+    def say(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with open(self.log, "a") as f:
+            f.write(line + "\n")
+
+    def sh(self, cmd: list[str], step: str) -> None:
+        self.say("$ " + " ".join(cmd))
+        t0 = time.time()
+        with open(self.log, "a") as f:
+            proc = subprocess.run(cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise SystemExit(f"step '{step}' failed (exit {proc.returncode}); see {self.log}")
+        self.timings[step] = self.timings.get(step, 0.0) + time.time() - t0
+        (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
+
+    def folder(self, key: str) -> Path:
+        raw = Path(self.env["nnUNet_raw"])
+        hits = sorted(raw.glob(f"Dataset{self.ids[key]:03d}_*"))
+        return hits[0] if hits else raw / f"Dataset{self.ids[key]:03d}_missing"
+
+    # ---------------------------------------------------------------- steps
+    def make_source(self) -> Path:
+        a = self.args
+        if self.folder("source").is_dir():
+            return self.folder("source")
+        if a.source in ("jsrt-lung", "jsrt-multi"):
+            import convert_jsrt
+
+            structures = ["lung"] if a.source == "jsrt-lung" else ["lung", "heart", "clavicle"]
+            name = "JSRTLung" if a.source == "jsrt-lung" else "JSRTMulti"
+            convert_jsrt.convert(Path(a.data), self.ids["source"], f"{name}{a.size or ''}", structures, size=a.size,
+                                 num_test=a.num_test, seed=a.split_seed,
+                                 output_folder=Path(self.env["nnUNet_raw"]) / f"Dataset{self.ids['source']:03d}_{name}")
+        elif a.source == "hippocampus":
+            import convert_hippocampus
+
+            convert_hippocampus.convert(Path(a.data), self.ids["source"], num_test=a.num_test, seed=a.split_seed,
+                                        output_folder=Path(self.env["nnUNet_raw"])
+                                        / f"Dataset{self.ids['source']:03d}_Hippocampus")
+        else:
+            src = Path(a.source)
+            if not (src / "dataset.json").is_file() or not (src / "labelsTs").is_dir():
+                raise SystemExit(f"--source {src}: need an nnU-Net raw dataset with a held-out imagesTs/labelsTs")
+            shutil.copytree(src, Path(self.env["nnUNet_raw"]) / f"Dataset{self.ids['source']:03d}_{src.name[11:]}",
+                            symlinks=True)
+        return self.folder("source")
+
+    def corrupt(self) -> None:
+        if self.folder("noisy").is_dir():
+            return
+        proto = PROTOCOLS[self.args.protocol] + self.args.corrupt_extra
+        self.sh([str(self.bin / "nnUNetv2_nl_corrupt"), "-d", str(self.ids["source"]), "-o", str(self.ids["noisy"]),
+                 "--name", f"{self.folder('source').name[11:]}_{self.args.protocol}", *proto,
+                 "--clean_fraction", str(self.args.clean_fraction), "--seed", str(self.args.seed), "--no_pbar"],
+                "corrupt")
+
+    def make_clean_subset(self) -> None:
+        if self.folder("clean_subset").is_dir():
+            return
+        noisy = self.folder("noisy")
+        dj = json.loads((noisy / "dataset.json").read_text())
+        out = Path(self.env["nnUNet_raw"]) / f"Dataset{self.ids['clean_subset']:03d}_{noisy.name[11:]}_cleansubset"
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "imagesTr").mkdir(parents=True)
+        (tmp / "labelsTr").mkdir()
+        ending = dj["file_ending"]
+        cases = [p.name[: -len(ending)] for p in (noisy / "labelsTr_clean").iterdir() if p.name.endswith(ending)]
+        for case in cases:
+            shutil.copy(noisy / "labelsTr_clean" / f"{case}{ending}", tmp / "labelsTr")
+            for c in dj["channel_names"]:
+                f = f"{case}_{int(c):04d}{ending}"
+                shutil.copy((noisy / "imagesTr" / f).resolve(), tmp / "imagesTr" / f)
+        dj["numTraining"] = len(cases)
+        (tmp / "dataset.json").write_text(json.dumps(dj, indent=2))
+        tmp.rename(out)
+
+    def revise(self, method: str) -> None:
+        key = "revised" if method == "nin" else "clean_only_revised"
+        if self.folder(key).is_dir():
+            return
+        noisy = self.folder("noisy")
+        out_name = f"Dataset{self.ids[key]:03d}_{noisy.name[11:]}_{'revised' if method == 'nin' else 'cleanonly'}"
+        cmd = [str(self.bin / "nnUNetv2_nl_revise"), "-d", str(self.ids["noisy"]), "--method", method,
+               "-o", out_name, "--truth", str(self.folder("source") / "labelsTr"), "-device", self.args.device,
+               "-np", str(self.args.np), "--no_pbar"]
+        if method == "nin":
+            cmd += ["-tr", "NoiseIdentificationTrainer_budget"]
+        else:
+            cmd += ["-tr", "nnUNetTrainer_NLbudget"]
+        self.sh(cmd, f"revise_{method}")
+
+    def train_and_score(self, arm: str) -> dict:
+        labels, trainer = ARMS[arm]
+        key = {"noisy": "noisy", "clean_subset": "clean_subset", "revised": "revised",
+               "clean_full": "source"}[labels]
+        ds = self.ids[key]
+        pred = self.work / "predictions" / arm
+        result_file = pred / "scores.json"
+        if result_file.is_file():
+            return json.loads(result_file.read_text())
+        config = self.args.configuration
+        pre = Path(self.env["nnUNet_preprocessed"]) / self.folder(key).name / f"nnUNetPlans_{config}"
+        if not pre.is_dir():
+            self.sh([str(self.bin / "nnUNetv2_plan_and_preprocess"), "-d", str(ds), "-c", config,
+                     "-np", str(self.args.np)], f"preprocess_{key}")
+        out = Path(self.env["nnUNet_results"]) / self.folder(key).name / f"{trainer}__nnUNetPlans__{config}" / "fold_all"
+        if not (out / "checkpoint_final.pth").is_file():
+            cont = ["--c"] if (out / "checkpoint_latest.pth").is_file() else []
+            self.sh([str(self.bin / "nnUNetv2_train"), str(ds), config, "all", "-tr", trainer,
+                     "-device", self.args.device, *cont], f"train_{arm}")
+        tmp_pred = pred.with_name(pred.name + ".tmp")
+        shutil.rmtree(tmp_pred, ignore_errors=True)
+        self.sh([str(self.bin / "nnUNetv2_predict"), "-i", str(self.folder("source") / "imagesTs"), "-o", str(tmp_pred),
+                 "-d", str(ds), "-c", config, "-f", "all", "-tr", trainer, "-device", self.args.device,
+                 "-npp", "0", "-nps", "0", "--disable_progress_bar"], f"predict_{arm}")
+        scores = score_folder(self.folder("source") / "labelsTs", tmp_pred,
+                              json.loads((self.folder("source") / "dataset.json").read_text()))
+        (tmp_pred / "scores.json").write_text(json.dumps(scores, indent=1))
+        shutil.rmtree(pred, ignore_errors=True)
+        tmp_pred.rename(pred)
+        return scores
+
+    # ---------------------------------------------------------------- main
+    def run(self) -> None:
+        a = self.args
+        self.say(f"benchmark in {self.work}: source={a.source} protocol={a.protocol} clean={a.clean_fraction} "
+                 f"budget={self.budget} device={a.device}")
+        self.make_source()
+        self.corrupt()
+        self.make_clean_subset()
+        if any(ARMS[arm][0] == "revised" for arm in a.arms) or a.label_quality:
+            self.revise("nin")
+        if a.label_quality:
+            self.revise("clean_only")
+        rows = []
+        for i, arm in enumerate(a.arms, 1):
+            self.say(f"arm {i}/{len(a.arms)}: {arm} ({ARMS[arm][1]} on {ARMS[arm][0]} labels)")
+            scores = self.train_and_score(arm)
+            rows.append({"arm": arm, "labels": ARMS[arm][0], "trainer": ARMS[arm][1], **scores["summary"],
+                         "train_s": round(self.timings.get(f"train_{arm}", float("nan")))})
+            self.say(f"  -> {arm}: Dice {scores['summary']['dice_mean']:.4f}")
+        self.write_tables(rows)
+
+    def write_tables(self, rows: list[dict]) -> None:
+        keys = list(rows[0])
+        with open(self.work / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(rows)
+        quality = label_quality(self.work)
+        with open(self.work / "label_quality.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases"])
+            w.writerows(quality)
+        a = self.args
+        md = [f"Source `{a.source}`{f' ({a.size}x{a.size})' if a.size else ''}, protocol `{a.protocol}`, "
+              f"clean fraction {a.clean_fraction}, seed {a.seed}, {a.num_test} held-out test cases; budget "
+              f"{self.budget['epochs']} epochs x {self.budget['iterations']} iterations (configuration "
+              f"`{a.configuration}`, device `{a.device}`); machine: {platform.machine()}, {os.cpu_count()} CPUs; "
+              f"{time.strftime('%Y-%m-%d')}.", "",
+              "| arm | labels | trainer | Dice (mean ± sd) | HD95 (median) | per structure Dice | train time (s) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            per = ", ".join(f"{k[5:]}: {v:.3f}" for k, v in r.items() if k.startswith("dice_") and k[5:].isdigit())
+            md.append(f"| {r['arm']} | {r['labels']} | `{r['trainer']}` | {r['dice_mean']:.4f} ± {r['dice_sd']:.4f} "
+                      f"| {r['hd95_median']:.2f} | {per} | {r['train_s']} |")
+        if quality:
+            md += ["", "| training labels of the imperfect-only cases | Dice vs clean (mean ± sd) | cases |",
+                   "| --- | --- | --- |"]
+            md += [f"| {q[0]} | {q[1]:.4f} ± {q[2]:.4f} | {q[3]} |" for q in quality]
+        (self.work / "results.md").write_text("\n".join(md) + "\n")
+        self.say(f"tables: {self.work / 'results.md'}, {self.work / 'results.csv'}")
+        print("\n".join(md))
+
+
+def score_folder(ref: Path, pred: Path, dataset_json: dict) -> dict:
+    """Dice and HD95 per structure and case (plugin metrics on nnU-Net's reader), with a summary."""
+    from nnunet_noisylabels.evaluation.metrics import dice, hd95
+    from nnunet_noisylabels.utilities.raw_dataset import read_label
+
+    labels = sorted(int(v) for k, v in dataset_json["labels"].items() if k not in ("background", "ignore"))
+    ending = dataset_json["file_ending"]
+    per_case = {}
+    for f in sorted(p for p in ref.iterdir() if p.name.endswith(ending)):
+        r, props = read_label(f, dataset_json)
+        p, _ = read_label(pred / f.name, dataset_json)
+        spacing = list(props.get("spacing", [1.0] * r.ndim))[-r.ndim:]
+        per_case[f.name] = {str(k): {"dice": dice(r == k, p == k), "hd95": hd95(r == k, p == k, spacing)}
+                            for k in labels}
+    summary = {}
+    dices = np.array([[c[str(k)]["dice"] for k in labels] for c in per_case.values()])
+    hds = np.array([[c[str(k)]["hd95"] for k in labels] for c in per_case.values()])
+    summary["dice_mean"] = float(dices.mean())
+    summary["dice_sd"] = float(dices.mean(1).std())
+    summary["hd95_median"] = float(np.median(hds))
+    for j, k in enumerate(labels):
+        summary[f"dice_{k}"] = float(dices[:, j].mean())
+        summary[f"hd95_{k}"] = float(np.median(hds[:, j]))
+    return {"summary": summary, "per_case": per_case}
+
+
+def label_quality(work: Path) -> list[list]:
+    """Dice vs clean of the imperfect and of the revised labels of the imperfect-only training cases, from the
+    revision reports (``labelsTr_revision_report/report.json``) of the revised datasets."""
+    out = []
+    for report in sorted((work / "nnUNet_raw").glob("Dataset*/labelsTr_revision_report/report.json")):
+        rep = json.loads(report.read_text())
+        cases = [c for c in rep["cases"].values() if "dice_revised" in c]
+        if not cases:
+            continue
+        imp = np.array([c["dice_imperfect"] for c in cases])
+        rev = np.array([c["dice_revised"] for c in cases])
+        if not out:
+            out.append(["imperfect (as given)", float(imp.mean()), float(imp.std()), len(cases)])
+        out.append([f"revised, method {rep['method']}", float(rev.mean()), float(rev.std()), len(cases)])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", required=True,
+                   help="jsrt-lung, jsrt-multi, hippocampus (converted from --data), or a raw dataset folder with "
+                        "imagesTs/labelsTs")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding jsrt/, hippocampus/")
+    p.add_argument("--size", type=int, default=None, help="JSRT: downsample to SIZE x SIZE")
+    p.add_argument("--num_test", type=int, default=50, help="held-out test cases (never used in training/revision)")
+    p.add_argument("--split_seed", type=int, default=0)
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
+    p.add_argument("--corrupt_extra", nargs=argparse.REMAINDER, default=[],
+                   help="extra arguments for nnUNetv2_nl_corrupt (must come last)")
+    p.add_argument("--clean_fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruption and of the clean subset")
+    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
+    p.add_argument("--no_label_quality", dest="label_quality", action="store_false",
+                   help="skip the clean-only revision baseline")
+    p.add_argument("--mode", choices=sorted(BUDGETS), default="cpu")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("-c", "--configuration", default=None, help="default 2d for JSRT, 3d_fullres for hippocampus")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-np", type=int, default=2)
+    p.add_argument("--base_id", type=int, default=700)
+    p.add_argument("--work", required=True, help="folder of the benchmark's nnU-Net folders and results")
+    args = p.parse_args(argv)
+    if args.configuration is None:
+        args.configuration = "3d_fullres" if args.source == "hippocampus" else "2d"
+    Runner(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``nnUNetv2_nl_revise``: revise the imperfect labels of a raw nnU-Net dataset (argparse layer only)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_noisylabels.preprocessing.revision import DEFAULT_TRAINERS, METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnUNetv2_nl_revise",
+        description="Train a noise identification network on the clean pairs of a raw nnU-Net dataset "
+                    "(labelsTr = imperfect labels, labelsTr_clean = clean labels of a few cases), predict every "
+                    "imperfect-only case and rewrite labelsTr with the revised pseudo masks. The originals are kept "
+                    "in labelsTr_imperfect/ (a re-run starts from there); labelsTr_revision.json records the "
+                    "provenance. Afterwards run nnUNetv2_plan_and_preprocess and nnUNetv2_train as usual.")
+    p.add_argument("-d", required=True, help="Dataset id, name (DatasetXXX_Name, looked up in nnUNet_raw) or folder.")
+    p.add_argument("--method", choices=METHODS, default="nin",
+                   help="'nin': noise identification network on image + imperfect label (default). 'clean_only': "
+                        "plain nnU-Net trained on the image channels of the clean pairs alone (baseline).")
+    p.add_argument("-tr", default=None,
+                   help=f"Trainer class. Default: {DEFAULT_TRAINERS['nin']} for --method nin, "
+                        f"{DEFAULT_TRAINERS['clean_only']} for clean_only.")
+    p.add_argument("-c", default=None, help="nnU-Net configuration. Default: 2d for 2D data, 3d_fullres for 3D.")
+    p.add_argument("-f", default="all", help="Fold to train and predict with. Default: all (few clean pairs).")
+    p.add_argument("-device", default=None, choices=["cuda", "cpu", "mps"],
+                   help="Device. Default: cuda if available, else cpu.")
+    p.add_argument("-np", type=int, default=1,
+                   help="Processes for preprocessing and prediction (1 = sequential). Default: 1.")
+    p.add_argument("--aux_id", type=int, default=None,
+                   help="Dataset id of the auxiliary dataset. Default: the id of an earlier one of this dataset, "
+                        "else the first free id in 500..999.")
+    p.add_argument("--model", default=None,
+                   help="Reuse a trained model folder (.../Trainer__Plans__configuration) instead of training.")
+    p.add_argument("-o", "--output_dataset", default=None,
+                   help="Write a new dataset (DatasetXXX_Name in nnUNet_raw, or a folder) instead of revising in "
+                        "place; the source dataset is left untouched.")
+    p.add_argument("--truth", default=None,
+                   help="Folder of true labels (same file names) to report Dice/HD95 of imperfect and revised "
+                        "labels against, e.g. the labelsTr of the clean dataset a corrupted copy was made from.")
+    p.add_argument("--report_only", action="store_true",
+                   help="Only (re)write the report of an already revised dataset (e.g. with --truth); no training.")
+    p.add_argument("--no_noise_maps", action="store_true", help="Do not save per-case noise maps.")
+    p.add_argument("--no_report", action="store_true", help="Do not write the revision report.")
+    p.add_argument("--remove_aux", action="store_true",
+                   help="Delete the auxiliary raw dataset afterwards (the trained model stays in nnUNet_results).")
+    p.add_argument("--no_pbar", action="store_true", help="Disable progress bars.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run :func:`~nnunet_noisylabels.preprocessing.revision.revise_dataset`.
+
+    Returns:
+        0 on success, 2 on bad input (nothing written), 1 when a later step failed (labelsTr left unchanged).
+    """
+    args = build_parser().parse_args(argv)
+    from nnunet_noisylabels.preprocessing.revision import revise_dataset
+
+    try:
+        if args.report_only:
+            from nnunet_noisylabels.evaluation.revision_report import write_revision_report
+            from nnunet_noisylabels.preprocessing.revision import resolve_dataset_folder
+
+            folder = resolve_dataset_folder(args.d)
+            summary = write_revision_report(folder, truth_folder=args.truth, progress=not args.no_pbar)
+            print(f"Report of {summary['mean']['num_cases']} revised case(s) written to "
+                  f"{folder / 'labelsTr_revision_report'}")
+            return 0
+        revise_dataset(args.d, method=args.method, output_dataset=args.output_dataset, aux_id=args.aux_id,
+                       trainer=args.tr, configuration=args.c, fold=args.f, device=args.device,
+                       num_processes=args.np, model_folder=args.model, save_noise_maps=not args.no_noise_maps,
+                       truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
+                       progress=not args.no_pbar)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nnUNetv2_nl_revise: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a failed training/prediction: say that the labels are intact
+        print(f"nnUNetv2_nl_revise: failed ({type(e).__name__}: {e}). labelsTr/ was not changed; the original "
+              f"imperfect labels are in labelsTr_imperfect/ if that folder exists.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

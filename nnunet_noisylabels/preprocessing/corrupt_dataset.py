@@ -1,0 +1,309 @@
+"""Build a noisy-label nnU-Net raw dataset from a clean one (the library behind ``nnUNetv2_nl_corrupt``).
+
+The new dataset ``nnUNet_raw/DatasetXXX_<name>/`` holds
+
+- ``labelsTr/``: the imperfect label of every training case (a fraction ``alpha`` corrupted, the rest clean);
+- ``labelsTr_clean/``: the clean label of a seeded clean subset (these cases keep their imperfect label in
+  ``labelsTr/`` too);
+- ``imagesTr/`` (and ``imagesTs/``, ``labelsTs/`` if present): relative symbolic links to the source files, or
+  byte copies with ``copy_images``;
+- ``dataset.json``: the source's, renamed, with a ``noisy_labels`` entry pointing at the manifest;
+- ``corruption_manifest.json``: per case the noise applied, its sampled parameters and the Dice of the imperfect
+  vs the clean label (per class and mean), plus dataset means.
+
+The dataset is written to a hidden temporary folder inside ``nnUNet_raw`` and renamed into place at the end, so an
+error never leaves a half-written dataset, and the source dataset is only ever read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from nnunet_noisylabels.evaluation.metrics import dice
+from nnunet_noisylabels.preprocessing.corruption import (BETA_TYPES, NOISE_FUNCTIONS, corrupt_label_map,
+                                                         validate_noise_params)
+from nnunet_noisylabels.utilities.raw_dataset import (CLEAN_LABELS_DIR, RawDatasetError, check_label_values,
+                                                       check_same_geometry, image_files, load_dataset_json,
+                                                       read_images, read_label, resolve_raw_dataset,
+                                                       training_case_ids, write_label_atomic)
+
+MANIFEST_NAME = "corruption_manifest.json"
+CLEAN_LABELS_SUBDIR = CLEAN_LABELS_DIR
+
+
+def case_rng(seed: int, case_id: str) -> np.random.Generator:
+    """Generator of one case: depends only on the global seed and the case id (not on order or process count)."""
+    return np.random.default_rng([int(seed), zlib.crc32(case_id.encode("utf-8"))])
+
+
+def select_cases(case_ids: Sequence[str], seed: int, alpha: float = 1.0, clean_fraction: float | None = None,
+                 clean_count: int | None = None) -> tuple[list[str], list[str]]:
+    """Pick the corrupted cases (fraction ``alpha``) and the clean subset (count or fraction), both seeded.
+
+    The two draws are independent, so a clean-subset case may also be uncorrupted when ``alpha`` < 1.
+
+    Returns:
+        (corrupted case ids, clean-subset case ids), each sorted.
+    """
+    n = len(case_ids)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha (fraction of corrupted cases) must lie in [0, 1], got {alpha}")
+    if clean_fraction is not None and clean_count is not None:
+        raise ValueError("give either clean_fraction or clean_count, not both")
+    if clean_fraction is not None:
+        if not 0.0 <= float(clean_fraction) <= 1.0:
+            raise ValueError(f"clean_fraction must lie in [0, 1], got {clean_fraction}")
+        clean_count = int(round(float(clean_fraction) * n))
+    clean_count = 0 if clean_count is None else int(clean_count)
+    if not 0 <= clean_count <= n:
+        raise ValueError(f"clean_count must lie in [0, {n}] (the number of training cases), got {clean_count}")
+    ids = sorted(case_ids)
+    rng_alpha, rng_clean = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2))
+    n_corrupt = int(round(float(alpha) * n))
+    corrupted = sorted(np.asarray(ids)[rng_alpha.permutation(n)[:n_corrupt]].tolist()) if n else []
+    clean = sorted(np.asarray(ids)[rng_clean.permutation(n)[:clean_count]].tolist()) if n else []
+    return corrupted, clean
+
+
+def foreground_labels(dataset_json: Mapping[str, Any]) -> list[int]:
+    """Integer foreground labels of dataset.json (regions expanded, ignore label excluded)."""
+    values: set[int] = set()
+    for name, v in dataset_json["labels"].items():
+        if name == "ignore":
+            continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            values.add(int(x))
+    return sorted(values - {0})
+
+
+def _spatial(seg: np.ndarray) -> np.ndarray:
+    """Drop singleton axes (the channel axis of nnU-Net's readers, the z axis of 2D images)."""
+    core = np.squeeze(seg)
+    if core.ndim not in (2, 3):
+        raise ValueError(f"label of shape {seg.shape} is neither 2D nor 3D once singleton axes are dropped")
+    return core
+
+
+def _dice_report(clean: np.ndarray, noisy: np.ndarray, labels: Sequence[int]) -> tuple[dict[str, float], float]:
+    per = {str(c): round(dice(clean == c, noisy == c), 6) for c in labels}
+    present = [str(c) for c in labels if (clean == c).any() or (noisy == c).any()]
+    mean = float(np.mean([per[c] for c in present])) if present else 1.0
+    return per, round(mean, 6)
+
+
+def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
+    if not copy:
+        try:
+            os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+            return
+        except OSError:  # file systems without symlinks: fall back to a copy
+            pass
+    shutil.copy2(src, dst)
+
+
+def _process_case(job: dict) -> dict:
+    """Corrupt (or copy) the label of one case; runs in worker processes, so it takes and returns plain data."""
+    src, tmp, case, ds_json = Path(job["source"]), Path(job["tmp"]), job["case"], job["dataset_json"]
+    ending = ds_json["file_ending"]
+    label_path = src / "labelsTr" / f"{case}{ending}"
+    seg, props = read_label(label_path, ds_json)
+    check_label_values(seg, ds_json, label_path)
+    images = image_files(src, case, ds_json)
+    _check_image_shape(images, seg, props, ds_json, label_path)
+    labels = job["labels"]
+    record: dict[str, Any] = {"corrupted": job["corrupt"], "clean_subset": job["clean"]}
+    core = _spatial(seg)
+    empty = [c for c in labels if not (core == c).any()]
+    if empty:
+        record["empty_classes"] = empty
+    if job["corrupt"]:
+        noisy_core, info = corrupt_label_map(core, job["noise"], case_rng(job["seed"], case), labels=labels,
+                                             class_params=job["class_params"], **job["params"])
+        noisy = noisy_core.reshape(seg.shape).astype(seg.dtype, copy=False)
+        write_label_atomic(noisy, tmp / "labelsTr" / f"{case}{ending}", props, ds_json)
+        record.update(noise=info["noise"], params=info["params"],
+                      sampled={str(c): v.get("sampled") for c, v in info["classes"].items() if not v["empty"]},
+                      changed_ratio={str(c): v["changed_ratio"] for c, v in info["classes"].items()
+                                     if not v["empty"]})
+    else:
+        noisy_core = core
+        shutil.copy2(label_path, tmp / "labelsTr" / f"{case}{ending}")
+        record.update(noise=None)
+    if job["clean"]:
+        shutil.copy2(label_path, tmp / CLEAN_LABELS_SUBDIR / f"{case}{ending}")
+    for img in images:
+        _link_or_copy(img, tmp / "imagesTr" / img.name, job["copy_images"])
+    record["dice"], record["mean_dice"] = _dice_report(core, noisy_core, labels)
+    return {"case": case, **record}
+
+
+def _check_image_shape(images: Sequence[Path], seg: np.ndarray, seg_props: dict, ds_json: Mapping[str, Any],
+                       label_path: Path) -> None:
+    data, img_props = read_images(images, dict(ds_json))
+    check_same_geometry(img_props, seg_props, f"{label_path.name} vs {images[0].name}", tuple(data.shape[1:]),
+                        tuple(seg.shape))
+
+
+def target_folder(target_id: int, name: str, overwrite: bool) -> Path:
+    """Folder of the new dataset; refuses ids used by another dataset and existing targets without overwrite."""
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise RawDatasetError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw")
+    if not 0 < int(target_id) <= 999:
+        raise ValueError(f"target dataset id must lie in 1..999, got {target_id}")
+    if not name or any(ch in name for ch in "/\\ ") or name.startswith("."):
+        raise ValueError(f"invalid dataset name {name!r}: use letters, digits, '-' or '_'")
+    full = f"Dataset{int(target_id):03d}_{name}"
+    others = [c for c in find_candidate_datasets(int(target_id)) if c != full]
+    if others:
+        raise FileExistsError(f"dataset id {target_id} is already used by {', '.join(others)} (nnUNet_raw, "
+                              f"nnUNet_preprocessed or nnUNet_results); choose another target id")
+    folder = Path(raw) / full
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists; pass --overwrite to replace it or choose another target id")
+    return folder
+
+
+def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mapping[str, Any] | None = None,
+                    name: str | None = None, alpha: float = 1.0, clean_fraction: float | None = None,
+                    clean_count: int | None = None, seed: int = 0, copy_images: bool = False,
+                    num_processes: int = 1, overwrite: bool = False, labels: Sequence[int] | None = None,
+                    class_params: Mapping[int, Mapping[str, Any]] | None = None, pbar: bool = True) -> Path:
+    """Write a new raw dataset with corrupted training labels, a clean subset and a manifest.
+
+    Args:
+        source: dataset id or name in ``nnUNet_raw`` (never modified).
+        target_id: id of the new dataset.
+        noise: a type of :mod:`~nnunet_noisylabels.preprocessing.corruption` (incl. 'mixture', 'alpha_beta').
+        params: parameters of the noise (see :func:`~nnunet_noisylabels.preprocessing.corruption.corrupt_label_map`).
+        name: name of the new dataset (default ``<source name>_<noise>``).
+        alpha: fraction of training cases that get corrupted (seeded); the others keep their clean label.
+        clean_fraction / clean_count: size of the clean subset copied to ``labelsTr_clean/`` (seeded).
+        seed: global seed; each case's noise depends only on (seed, case id).
+        copy_images: copy images instead of linking them.
+        num_processes: worker processes.
+        overwrite: replace an existing target dataset of the same id and name.
+        labels: foreground labels to corrupt (default: all of dataset.json).
+        class_params: per-label parameter overrides, e.g. ``{3: {'T': 100}}``.
+        pbar: show a tqdm progress bar.
+    Returns:
+        The folder of the new dataset.
+    """
+    params = dict(params or {})
+    validate_noise_params(noise, params)
+    class_params = {int(k): dict(v) for k, v in (class_params or {}).items()}
+    if noise in NOISE_FUNCTIONS:  # composite types are checked per case, once the type is drawn
+        for over in class_params.values():
+            validate_noise_params(noise, {**params, **over})
+    src = resolve_raw_dataset(source)
+    ds_json = load_dataset_json(src)
+    all_fg = foreground_labels(ds_json)
+    if labels is None:
+        labels = all_fg
+    bad = sorted(set(int(c) for c in labels) - set(all_fg))
+    if bad:
+        raise ValueError(f"labels {bad} are not foreground labels of {src.name} (dataset.json has {all_fg})")
+    labels = sorted(int(c) for c in labels)
+    if set(class_params) - set(labels):
+        raise ValueError(f"class_params given for labels {sorted(set(class_params) - set(labels))} that are not "
+                         f"corrupted (corrupted labels: {labels})")
+    cases = training_case_ids(src, ds_json)
+    if not cases:
+        raise RawDatasetError(f"{src / 'labelsTr'} holds no training labels")
+    corrupted, clean = select_cases(cases, seed, alpha, clean_fraction, clean_count)
+    src_name = src.name.split("_", 1)[1] if "_" in src.name else src.name
+    out = target_folder(target_id, name or f"{src_name}_{noise}", overwrite)
+    if out.resolve() == src.resolve():
+        raise ValueError("the target dataset is the source dataset; choose another target id or name")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{out.name}_", dir=out.parent))
+    try:
+        for sub in ("imagesTr", "labelsTr", CLEAN_LABELS_SUBDIR):
+            (tmp / sub).mkdir()
+        corrupted_set, clean_set = set(corrupted), set(clean)
+        jobs = [dict(source=str(src), tmp=str(tmp), case=c, dataset_json=ds_json, labels=labels, noise=noise,
+                     params=params, class_params=class_params, seed=seed, corrupt=c in corrupted_set,
+                     clean=c in clean_set,
+                     copy_images=copy_images) for c in cases]
+        records = _run_jobs(jobs, num_processes, pbar)
+        for sub in ("imagesTs", "labelsTs"):
+            if (src / sub).is_dir():
+                (tmp / sub).mkdir()
+                for f in sorted((src / sub).iterdir()):
+                    _link_or_copy(f, tmp / sub / f.name, copy_images or sub == "labelsTs")
+        manifest = _manifest(src, out, noise, params, alpha, clean, corrupted, seed, labels, records)
+        if class_params:
+            manifest["class_params"] = {str(k): v for k, v in class_params.items()}
+        with open(tmp / MANIFEST_NAME, "w") as f:
+            json.dump(manifest, f, indent=2)
+        new_json = dict(ds_json)
+        new_json["name"] = out.name
+        new_json["noisy_labels"] = {"source_dataset": src.name, "noise": noise, "manifest": MANIFEST_NAME,
+                                    "clean_labels": CLEAN_LABELS_SUBDIR, "num_clean": len(clean)}
+        with open(tmp / "dataset.json", "w") as f:
+            json.dump(new_json, f, indent=4)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _run_jobs(jobs: list[dict], num_processes: int, pbar: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if num_processes == 1 or len(jobs) == 1:
+        return [_process_case(j) for j in tqdm(jobs, disable=not pbar, desc="corrupting")]
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+        return list(tqdm(pool.imap(_process_case, jobs), total=len(jobs), disable=not pbar, desc="corrupting"))
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".old_{out.name}_{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def _manifest(src: Path, out: Path, noise: str, params: Mapping[str, Any], alpha: float, clean: list[str],
+              corrupted: list[str], seed: int, labels: Sequence[int], records: list[dict]) -> dict:
+    def mean(xs: list[float]) -> float | None:
+        return round(float(np.mean(xs)), 6) if xs else None
+
+    corrupted_recs = [r for r in records if r["corrupted"]]
+    per_class = {str(c): mean([r["dice"][str(c)] for r in corrupted_recs]) for c in labels}
+    beta = params.get("beta")
+    summary = {
+        "num_cases": len(records), "num_corrupted": len(corrupted_recs), "num_clean_subset": len(clean),
+        "mean_dice": mean([r["mean_dice"] for r in records]),
+        "mean_dice_corrupted": mean([r["mean_dice"] for r in corrupted_recs]),
+        "mean_dice_corrupted_per_class": per_class,
+        "num_cases_with_empty_classes": sum(1 for r in records if r.get("empty_classes")),
+    }
+    if beta is not None and (noise in BETA_TYPES or noise == "alpha_beta"):
+        ratios = [v for r in corrupted_recs for v in r.get("changed_ratio", {}).values()]
+        summary["mean_changed_ratio"] = mean(ratios)
+    return {
+        "source_dataset": src.name, "dataset": out.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "noise": noise, "params": params, "alpha": alpha, "seed": seed, "labels": list(labels),
+        "clean_subset": clean, "corrupted_cases": corrupted, "summary": summary,
+        "cases": {r["case"]: {k: v for k, v in r.items() if k != "case"} for r in records},
+    }

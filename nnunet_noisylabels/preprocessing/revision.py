@@ -1,0 +1,986 @@
+"""Label revision as a preprocessing stage: turn imperfect labels into pseudo masks with a noise identification net.
+
+The pipeline (each step is a separate function so it can be tested on its own):
+
+1. :func:`validate_inputs` reads the raw dataset and checks everything before anything is written.
+2. :func:`preserve_originals` keeps the imperfect labels in ``labelsTr_imperfect/`` (never overwritten once there;
+   a re-run reads its inputs from there).
+3. :func:`build_aux_dataset` writes the auxiliary nnU-Net dataset: image channels plus the imperfect label as K-1
+   binary ``noNorm`` channels (``method='nin'``) or the image channels only (``method='clean_only'``); the clean
+   pairs go to ``imagesTr``/``labelsTr``, the cases to revise to ``imagesTs``.
+4. a model step (:class:`NnUNetModelStep`: nnU-Net plan + preprocess + train, then predict) writes one label file
+   per case to revise.
+5. :func:`write_revised_labels` assembles the new label folder (clean label for clean cases, prediction for the
+   others) plus per-case noise maps in temporary folders and swaps them in with renames.
+6. a provenance manifest ``labelsTr_revision.json`` records what was revised and how.
+
+``method='clean_only'`` is the baseline that every benchmark must carry (nnU-Net trained on the clean pairs alone,
+predicting the rest) through the same code path.
+
+The idea of learning the annotators' noise pattern from a few clean/imperfect pairs and revising every imperfect
+label with it comes from Huang et al., "Toward high-quality pseudo masks from noisy or weak annotations for robust
+medical image segmentation", Neural Networks 181 (2024) 106850.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_noisylabels.preprocessing.aux_dataset import (
+    aux_dataset_json_keys,
+    imperfect_label_to_channels,
+    label_channel_names,
+)
+from nnunet_noisylabels.utilities import raw_dataset
+from nnunet_noisylabels.utilities.raw_dataset import RawDatasetError
+
+LABELS_DIR = "labelsTr"
+CLEAN_DIR = "labelsTr_clean"
+ORIGINALS_DIR = "labelsTr_imperfect"
+NOISE_MAPS_DIR = "noise_maps"
+MANIFEST_NAME = "labelsTr_revision.json"
+REPORT_DIR = "labelsTr_revision_report"
+METHODS = ("nin", "clean_only")
+DEFAULT_TRAINERS = {"nin": "NoiseIdentificationTrainer", "clean_only": "nnUNetTrainer"}
+AUX_SUFFIX = {"nin": "NIN", "clean_only": "NLclean"}
+AUX_ID_RANGE = range(500, 1000)
+
+# Noise-map codes (one label map per case). "over": the imperfect label marks a structure that is not there;
+# "under": it misses one; a class swap between two structures is both (over for one class, under for the other).
+NOISE_NONE, NOISE_OVER, NOISE_UNDER, NOISE_SWAP = 0, 1, 2, 3
+NOISE_MAP_LABELS = {"none": NOISE_NONE, "over_annotation": NOISE_OVER, "under_annotation": NOISE_UNDER,
+                    "over_and_under": NOISE_SWAP}
+BRANCH_NOISE_DIR = "noise_branches"
+
+
+class RevisionError(RawDatasetError):
+    """Bad input to the label revision: the message says what is wrong and how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small IO helpers (nnU-Net's own reader/writers)
+# ----------------------------------------------------------------------------------------------------------------
+def _load_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json_atomic(obj: dict, path: Path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _reader_writer(dataset_json: dict, example_file: Path):
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    return determine_reader_writer_from_dataset_json(dataset_json, str(example_file), verbose=False)()
+
+
+def _label_files(folder: Path, file_ending: str) -> dict[str, Path]:
+    """Case id -> label file for every file with ``file_ending`` in ``folder`` (hidden files skipped)."""
+    if not folder.is_dir():
+        return {}
+    return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
+            if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
+
+
+def _num_classes(dataset_json: dict) -> int:
+    if "ignore" in dataset_json.get("labels", {}):
+        raise RevisionError("dataset.json declares an 'ignore' label; label revision does not support ignore labels.")
+    return raw_dataset.num_classes(dataset_json)
+
+
+def _num_image_channels(dataset_json: dict) -> int:
+    names = dataset_json.get("channel_names", dataset_json.get("modality"))
+    if not names:
+        raise RevisionError("dataset.json has no 'channel_names'.")
+    return len(names)
+
+
+def _image_files(images_dir: Path, case_id: str, num_channels: int, file_ending: str) -> list[Path]:
+    return [images_dir / f"{case_id}_{c:04d}{file_ending}" for c in range(num_channels)]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # Hard links keep the auxiliary dataset cheap; nnU-Net never writes into raw images.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _progress(iterable: Iterable, desc: str, enabled: bool, total: int | None = None):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total)
+
+
+def _geometry(props: dict) -> dict:
+    """The comparable part of nnU-Net reader properties (spacing and, for SimpleITK files, origin/direction)."""
+    out = {"spacing": tuple(float(s) for s in props.get("spacing", ()))}
+    sitk = props.get("sitk_stuff")
+    if sitk:
+        out["origin"] = tuple(float(s) for s in sitk.get("origin", ()))
+        out["direction"] = tuple(float(s) for s in sitk.get("direction", ()))
+    return out
+
+
+def _same_geometry(a: dict, b: dict) -> bool:
+    ga, gb = _geometry(a), _geometry(b)
+    return all(k not in gb or np.allclose(ga[k], gb[k], atol=1e-4) for k in ga if len(ga[k]) == len(gb.get(k, ())))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. validation
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class RevisionInputs:
+    """Everything the revision needs to know about a raw dataset, checked by :func:`validate_inputs`."""
+
+    raw_folder: Path
+    dataset_json: dict
+    file_ending: str
+    num_classes: int
+    num_image_channels: int
+    case_ids: list[str]
+    clean_ids: list[str]
+    revise_ids: list[str]
+    originals_folder: Path  # where the imperfect labels are read from
+    dimensionality: int  # 2 or 3 (2D datasets are stored as (1, X, Y))
+
+    def imperfect_label(self, case_id: str) -> Path:
+        return self.originals_folder / f"{case_id}{self.file_ending}"
+
+    def clean_label(self, case_id: str) -> Path:
+        return self.raw_folder / CLEAN_DIR / f"{case_id}{self.file_ending}"
+
+    def images(self, case_id: str) -> list[Path]:
+        return _image_files(self.raw_folder / "imagesTr", case_id, self.num_image_channels, self.file_ending)
+
+
+def _check_values(seg: np.ndarray, num_classes: int, path: Path) -> None:
+    raw_dataset.check_label_values(seg, {"labels": {str(k): k for k in range(num_classes)}}, path)
+
+
+def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> RevisionInputs:
+    """Check a raw dataset for label revision and list its cases; writes nothing.
+
+    The imperfect labels are read from ``labelsTr_imperfect/`` when a previous revision preserved them there,
+    otherwise from ``labelsTr/``.
+
+    Args:
+        raw_folder: the nnU-Net raw dataset folder (``.../nnUNet_raw/DatasetXXX_Name``).
+        progress: show a progress bar while reading the labels.
+
+    Returns:
+        a :class:`RevisionInputs`.
+
+    Raises:
+        RevisionError / FileNotFoundError: no dataset.json, no or empty ``labelsTr_clean/``, clean files without a
+            matching case, missing image channels, clean and imperfect labels of different shape or geometry,
+            label values outside dataset.json, or nothing left to revise.
+    """
+    raw = Path(raw_folder)
+    dataset_json = raw_dataset.load_dataset_json(raw)
+    file_ending = dataset_json["file_ending"]
+    if "dataset" in dataset_json:
+        raise RevisionError("dataset.json lists its files explicitly ('dataset' key); label revision needs the "
+                            "standard imagesTr/labelsTr layout.")
+    num_classes = _num_classes(dataset_json)
+    num_channels = _num_image_channels(dataset_json)
+
+    originals = raw / ORIGINALS_DIR if (raw / ORIGINALS_DIR).is_dir() else raw / LABELS_DIR
+    imperfect = _label_files(originals, file_ending)
+    if not imperfect:
+        raise FileNotFoundError(f"No label files ending in '{file_ending}' in {originals}.")
+    clean_dir = raw / CLEAN_DIR
+    if not clean_dir.is_dir():
+        raise FileNotFoundError(
+            f"{clean_dir} not found. Put the clean expert labels of a few cases there (same file names as in "
+            f"{LABELS_DIR}/); label revision learns the noise pattern from these clean/imperfect pairs.")
+    clean = _label_files(clean_dir, file_ending)
+    if not clean:
+        raise RevisionError(f"{clean_dir} holds no label files ending in '{file_ending}': the clean subset is empty.")
+    orphans = sorted(set(clean) - set(imperfect))
+    if orphans:
+        raise RevisionError(f"{len(orphans)} clean label(s) in {clean_dir} have no matching case in {originals}: "
+                            f"{orphans[:10]}. Clean labels must use the file names of existing training cases.")
+    missing_images = [p for c in imperfect for p in _image_files(raw / "imagesTr", c, num_channels, file_ending)
+                      if not p.is_file()]
+    if missing_images:
+        raise FileNotFoundError(f"{len(missing_images)} image file(s) missing in {raw / 'imagesTr'}, e.g. "
+                                f"{missing_images[0].name}; every case needs channels _0000.._{num_channels - 1:04d}.")
+    revise_ids = sorted(set(imperfect) - set(clean))
+    if not revise_ids:
+        raise RevisionError("Every training case has a clean label: there is nothing to revise.")
+
+    rw = _reader_writer(dataset_json, next(iter(imperfect.values())))
+    dimensionality = None
+    for case_id in _progress(sorted(imperfect), "Checking labels", progress):
+        seg, props = rw.read_seg(str(imperfect[case_id]))
+        _check_values(seg, num_classes, imperfect[case_id])
+        if dimensionality is None:
+            # nnU-Net reads 2D labels as (1, 1, X, Y)
+            dimensionality = 2 if seg.shape[1] == 1 else 3
+        if case_id in clean:
+            cseg, cprops = rw.read_seg(str(clean[case_id]))
+            _check_values(cseg, num_classes, clean[case_id])
+            if cseg.shape != seg.shape:
+                raise RevisionError(f"Clean and imperfect labels of case '{case_id}' differ in shape: "
+                                    f"{cseg.shape[1:]} ({clean[case_id]}) vs {seg.shape[1:]} ({imperfect[case_id]}).")
+            if not _same_geometry(cprops, props):
+                raise RevisionError(f"Clean and imperfect labels of case '{case_id}' differ in geometry: "
+                                    f"{_geometry(cprops)} vs {_geometry(props)}.")
+    return RevisionInputs(raw_folder=raw, dataset_json=dataset_json, file_ending=file_ending,
+                          num_classes=num_classes, num_image_channels=num_channels, case_ids=sorted(imperfect),
+                          clean_ids=sorted(clean), revise_ids=revise_ids, originals_folder=originals,
+                          dimensionality=dimensionality or 3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. preservation of the originals and atomic folder swaps
+# ----------------------------------------------------------------------------------------------------------------
+def recover_interrupted_swap(raw_folder: str | os.PathLike) -> list[str]:
+    """Undo the traces of an interrupted run: restore ``labelsTr`` from a pending ``labelsTr.old-*`` swap and
+    remove temporary ``*.tmp-*`` folders. Returns what was done (for the log)."""
+    raw = Path(raw_folder)
+    done = []
+    for name in (LABELS_DIR, NOISE_MAPS_DIR, ORIGINALS_DIR):
+        olds = sorted(raw.glob(f"{name}.old-*"))
+        if not (raw / name).exists() and olds:
+            os.rename(olds[-1], raw / name)
+            done.append(f"restored {name}/ from {olds[-1].name}")
+            olds = olds[:-1]
+        for p in olds:
+            shutil.rmtree(p)
+            done.append(f"removed {p.name}")
+        for p in raw.glob(f"{name}.tmp-*"):
+            shutil.rmtree(p)
+            done.append(f"removed {p.name}")
+    return done
+
+
+def swap_in_folder(tmp_folder: Path, target: Path) -> None:
+    """Replace ``target`` by ``tmp_folder`` with two renames on the same file system.
+
+    Between the two renames the old folder sits at ``target.old-XXXX``; :func:`recover_interrupted_swap` puts it back
+    if the process dies right there.
+    """
+    tmp_folder, target = Path(tmp_folder), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    os.rename(tmp_folder, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _tmp_folder(parent: Path, name: str) -> Path:
+    p = parent / f"{name}.tmp-{uuid.uuid4().hex[:8]}"
+    p.mkdir()
+    return p
+
+
+def preserve_originals(inputs: RevisionInputs) -> Path:
+    """Copy the imperfect labels to ``labelsTr_imperfect/`` unless they are already there; return that folder.
+
+    Once present the folder is never written again, so a re-run starts from the original imperfect labels. The copy
+    goes to a temporary folder first and is renamed into place, so a half-written copy never counts as the originals.
+    """
+    target = inputs.raw_folder / ORIGINALS_DIR
+    if target.is_dir():
+        return target
+    tmp = _tmp_folder(inputs.raw_folder, ORIGINALS_DIR)
+    try:
+        for case_id in inputs.case_ids:
+            shutil.copy2(inputs.imperfect_label(case_id), tmp / f"{case_id}{inputs.file_ending}")
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    inputs.originals_folder = target
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. auxiliary dataset
+# ----------------------------------------------------------------------------------------------------------------
+def _dataset_folders(root: str | None) -> dict[int, str]:
+    out = {}
+    if root and os.path.isdir(root):
+        for name in os.listdir(root):
+            m = re.fullmatch(r"Dataset(\d{3})_(.+)", name)
+            if m:
+                out.setdefault(int(m.group(1)), name)
+    return out
+
+
+def _used_dataset_ids() -> dict[int, str]:
+    used: dict[int, str] = {}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        for k, v in _dataset_folders(os.environ.get(var)).items():
+            used.setdefault(k, v)
+    return used
+
+
+def source_dataset_name(raw_folder: Path) -> str:
+    m = re.fullmatch(r"Dataset\d{3}_(.+)", Path(raw_folder).name)
+    return m.group(1) if m else Path(raw_folder).name
+
+
+def choose_aux_dataset_name(raw_folder: Path, method: str, aux_id: int | None = None) -> str:
+    """``DatasetXXX_<source name><NIN|NLclean>``: the given id, the id of an earlier auxiliary dataset of the same
+    name (so re-runs do not pile up datasets), or the first id in 500..999 that nnU-Net's folders do not use."""
+    name = source_dataset_name(raw_folder) + AUX_SUFFIX[method]
+    used = _used_dataset_ids()
+    if aux_id is not None:
+        if not 1 <= int(aux_id) <= 999:
+            raise RevisionError(f"--aux_id must be in 1..999, got {aux_id}.")
+        if int(aux_id) in used and used[int(aux_id)] != f"Dataset{int(aux_id):03d}_{name}":
+            raise RevisionError(f"Dataset id {aux_id} is already taken by {used[int(aux_id)]}; choose another --aux_id.")
+        return f"Dataset{int(aux_id):03d}_{name}"
+    for k, v in sorted(used.items()):
+        if v == f"Dataset{k:03d}_{name}":
+            return v
+    for k in AUX_ID_RANGE:
+        if k not in used:
+            return f"Dataset{k:03d}_{name}"
+    raise RevisionError("No free dataset id in 500..999; pass --aux_id.")
+
+
+@dataclass
+class AuxDataset:
+    """An auxiliary nnU-Net raw dataset built by :func:`build_aux_dataset`."""
+
+    folder: Path
+    method: str
+    dataset_json: dict
+    train_ids: list[str]
+    predict_ids: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def images_ts(self) -> Path:
+        return self.folder / "imagesTs"
+
+
+def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, method: str = "nin",
+                      progress: bool = False) -> AuxDataset:
+    """Write the auxiliary dataset the revision model trains and predicts on (replacing an older one there).
+
+    Layout (see :mod:`nnunet_noisylabels.preprocessing.aux_dataset`): ``imagesTr``/``labelsTr`` = the clean pairs
+    (input: image channels, plus for ``method='nin'`` the imperfect label as K-1 binary ``noNorm`` channels; target:
+    the clean label), ``imagesTs`` = the cases to revise in the same channel layout.
+    """
+    if method not in METHODS:
+        raise RevisionError(f"Unknown method '{method}'; choose one of {METHODS}.")
+    aux = Path(aux_folder)
+    if aux.exists():
+        shutil.rmtree(aux)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (aux / sub).mkdir(parents=True)
+    fe, C, K = inputs.file_ending, inputs.num_image_channels, inputs.num_classes
+    rw = _reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    jobs = [(c, "imagesTr") for c in inputs.clean_ids] + [(c, "imagesTs") for c in inputs.revise_ids]
+    for case_id, sub in _progress(jobs, "Building auxiliary dataset", progress):
+        images = inputs.images(case_id)
+        for c, src in enumerate(images):
+            _link_or_copy(src, aux / sub / f"{case_id}_{c:04d}{fe}")
+        if method == "nin":
+            _, img_props = rw.read_images([str(p) for p in images])
+            seg, _ = rw.read_seg(str(inputs.imperfect_label(case_id)))
+            for k, mask in enumerate(imperfect_label_to_channels(seg[0], K), start=1):
+                rw.write_seg(mask, str(aux / sub / f"{case_id}_{C + k - 1:04d}{fe}"), img_props)
+        if sub == "imagesTr":
+            shutil.copy2(inputs.clean_label(case_id), aux / "labelsTr" / f"{case_id}{fe}")
+
+    src_json = inputs.dataset_json
+    channel_names = src_json.get("channel_names", src_json.get("modality"))
+    djson = {
+        "channel_names": label_channel_names(channel_names, K) if method == "nin"
+        else {str(i): n for i, n in enumerate(channel_names.values() if isinstance(channel_names, dict)
+                                               else channel_names)},
+        "labels": src_json["labels"],
+        "numTraining": len(inputs.clean_ids),
+        "file_ending": fe,
+        "name": aux.name,
+        "description": f"Auxiliary dataset of {inputs.raw_folder.name} for label revision (method '{method}'): "
+                       f"trained on the clean pairs, predicts the imperfect-only cases in imagesTs.",
+        "nl_source_dataset": inputs.raw_folder.name,
+        "nl_revision_method": method,
+    }
+    if method == "nin":
+        djson.update(aux_dataset_json_keys(C, K))
+    if "overwrite_image_reader_writer" in src_json:
+        djson["overwrite_image_reader_writer"] = src_json["overwrite_image_reader_writer"]
+    _write_json_atomic(djson, aux / "dataset.json")
+    return AuxDataset(folder=aux, method=method, dataset_json=djson, train_ids=list(inputs.clean_ids),
+                      predict_ids=list(inputs.revise_ids))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. model step: nnU-Net plan / preprocess / train / predict
+# ----------------------------------------------------------------------------------------------------------------
+ModelStep = Callable[[AuxDataset, Path], dict]
+"""Trains (or loads) a model on an :class:`AuxDataset` and writes one label file per ``predict_ids`` case into the
+given folder; returns provenance information for the manifest."""
+
+
+def ensure_plugin_trainers_visible() -> None:
+    """Add the plugin's trainer folder to ``nnUNet_extTrainer`` so nnU-Net finds our trainers by name."""
+    from nnunet_noisylabels._autoenv import ext_trainer_dir
+
+    folder = ext_trainer_dir()
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if folder not in current:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(current + [folder])
+
+
+@dataclass
+class NnUNetModelStep:
+    """The revision model trained and applied through nnU-Net's own Python API.
+
+    Args:
+        configuration: nnU-Net configuration ('2d' or '3d_fullres'); ``None`` = by the dataset's dimensionality.
+        trainer: trainer class name (``-tr``).
+        fold: 'all' (default: few clean pairs) or a fold index.
+        plans_identifier: plans name (``-p``).
+        device: 'cuda', 'cpu' or 'mps'.
+        num_processes: worker processes for fingerprinting/preprocessing and prediction (0/1 = sequential).
+        model_folder: a trained model folder (``.../Trainer__Plans__config``) to reuse instead of training.
+        checkpoint: checkpoint file name used for prediction.
+        progress: nnU-Net's progress bars.
+    """
+
+    configuration: str | None = None
+    trainer: str = DEFAULT_TRAINERS["nin"]
+    fold: str = "all"
+    plans_identifier: str = "nnUNetPlans"
+    device: str = "cuda"
+    num_processes: int = 1
+    model_folder: str | None = None
+    checkpoint: str = "checkpoint_final.pth"
+    progress: bool = True
+    dimensionality: int = 3
+    save_noise_maps: bool = True
+
+    def _config(self) -> str:
+        return self.configuration or ("2d" if self.dimensionality == 2 else "3d_fullres")
+
+    def train(self, aux: AuxDataset) -> Path:
+        """Plan, preprocess and train on the auxiliary dataset; returns the model folder."""
+        import torch
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+            extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+        from nnunetv2.run.run_training import get_trainer_from_args
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+        ensure_plugin_trainers_visible()
+        aux_id = int(aux.name[len("Dataset"):len("Dataset") + 3])
+        np_ = max(1, int(self.num_processes))
+        extract_fingerprint_dataset(aux_id, num_processes=np_, check_dataset_integrity=True, clean=True,
+                                    verbose=False, show_progress_bar=self.progress)
+        with _planning_thread_env():
+            _, plans_identifier = plan_experiment_dataset(aux_id)
+        if plans_identifier != self.plans_identifier:
+            raise RevisionError(f"Planner wrote plans '{plans_identifier}', expected '{self.plans_identifier}'.")
+        preprocess_dataset(aux_id, plans_identifier, [self._config()], [np_], verbose=False,
+                           show_progress_bar=self.progress)
+        fold = self.fold if self.fold == "all" else int(self.fold)
+        trainer = get_trainer_from_args(str(aux_id), self._config(), fold, self.trainer, plans_identifier,
+                                        device=torch.device(self.device))
+        # No final validation: with fold 'all' it would only re-predict the training cases.
+        trainer.run_training()
+        del trainer
+        return Path(get_output_folder(aux_id, self.trainer, plans_identifier, self._config()))
+
+    def predict(self, model_folder: Path, input_folder: Path, output_folder: Path) -> None:
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        ensure_plugin_trainers_visible()
+        predictor = nnUNetPredictor(device=torch.device(self.device), allow_tqdm=self.progress, verbose=False)
+        predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
+        if self.num_processes <= 1:
+            predictor.predict_from_files_sequential(str(input_folder), str(output_folder), False, True)
+        else:
+            predictor.predict_from_files(str(input_folder), str(output_folder), False, True,
+                                         self.num_processes, self.num_processes)
+
+    def predict_branch_noise_maps(self, model_folder: Path, aux: AuxDataset) -> Path | None:
+        """Noise maps from the network's over/under-annotation branches (``eval_output='branches'``).
+
+        Each branch is run through nnU-Net's predictor as a binary segmentation (flagged for any foreground class),
+        so sliding window, mirroring and resampling back to the original geometry are nnU-Net's own. Returns the
+        folder of combined per-case maps (codes as :data:`NOISE_MAP_LABELS`), or None for networks without branches.
+        """
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        ensure_plugin_trainers_visible()
+        predictor = nnUNetPredictor(device=torch.device(self.device), allow_tqdm=self.progress, verbose=False)
+        predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
+        network = predictor.network
+        if not hasattr(network, "eval_output"):
+            return None
+        num_classes = predictor.label_manager.num_segmentation_heads
+        root = aux.folder / BRANCH_NOISE_DIR
+        if root.exists():
+            shutil.rmtree(root)
+        for index, branch in ((1, "over"), (2, "under")):
+            predictor.network = _BranchAsBinarySegmentation(network, index, num_classes)
+            (root / branch).mkdir(parents=True)
+            predictor.predict_from_files_sequential(str(aux.images_ts), str(root / branch), False, True)
+        predictor.network = network
+        fe = aux.dataset_json["file_ending"]
+        rw = _reader_writer(aux.dataset_json, root / "over" / f"{aux.predict_ids[0]}{fe}")
+        (root / "combined").mkdir()
+        for case_id in aux.predict_ids:
+            over, props = rw.read_seg(str(root / "over" / f"{case_id}{fe}"))
+            under, _ = rw.read_seg(str(root / "under" / f"{case_id}{fe}"))
+            code = (over[0] > 0).astype(np.uint8) * NOISE_OVER + (under[0] > 0).astype(np.uint8) * NOISE_UNDER
+            rw.write_seg(code, str(root / "combined" / f"{case_id}{fe}"), props)
+        return root / "combined"
+
+    def __call__(self, aux: AuxDataset, output_folder: Path) -> dict:
+        if self.model_folder is not None:
+            model = Path(self.model_folder)
+            check_reusable_model(model, aux, self.fold, self.checkpoint)
+            trained = False
+        else:
+            model = self.train(aux)
+            trained = True
+        self.predict(model, aux.images_ts, output_folder)
+        branch_maps = self.predict_branch_noise_maps(model, aux) if self.save_noise_maps else None
+        ckpt = model / f"fold_{self.fold}" / self.checkpoint
+        return {"model_folder": str(model), "trained_here": trained, "fold": self.fold,
+                "branch_noise_maps": str(branch_maps) if branch_maps is not None else None,
+                "checkpoint": self.checkpoint, "checkpoint_sha256": _sha256(ckpt) if ckpt.is_file() else None,
+                "trainer": _load_checkpoint_trainer_name(ckpt) or self.trainer, "configuration": self._config(),
+                "plans_identifier": self.plans_identifier, "device": self.device}
+
+
+def _branch_as_binary_segmentation_class():
+    import torch
+    from torch import nn
+
+    class BranchAsBinarySegmentation(nn.Module):
+        """Presents one noise branch of a noise identification network to nnU-Net's predictor as K-class logits:
+        channel 0 = 0, channel 1 = max over foreground classes of the branch logits, the rest very low, so the
+        predictor's argmax is 'branch flags this voxel' (sigmoid > 0.5)."""
+
+        def __init__(self, network: nn.Module, branch_index: int, num_classes: int):
+            super().__init__()
+            self.network, self.branch_index, self.num_classes = network, branch_index, num_classes
+
+        def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+            return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+
+        def forward(self, x):
+            previous = self.network.eval_output
+            self.network.eval_output = "branches"
+            try:
+                out = self.network(x)
+            finally:
+                self.network.eval_output = previous
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            K = self.num_classes
+            logits = out[:, self.branch_index * K + 1:(self.branch_index + 1) * K].amax(dim=1, keepdim=True)
+            res = torch.full((out.shape[0], K, *out.shape[2:]), -1e4, dtype=out.dtype, device=out.device)
+            res[:, :1] = 0
+            res[:, 1:2] = logits
+            return res
+
+    return BranchAsBinarySegmentation
+
+
+def _BranchAsBinarySegmentation(network, branch_index: int, num_classes: int):
+    return _branch_as_binary_segmentation_class()(network, branch_index, num_classes)
+
+
+@contextlib.contextmanager
+def _planning_thread_env():
+    """nnU-Net's planner calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which fails for the value 0 that CPU
+    users set to keep data augmentation in-process; plan with 1 in that case."""
+    old = os.environ.get("nnUNet_n_proc_DA")
+    if old is not None and old.strip() == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ["nnUNet_n_proc_DA"] = old
+
+
+def _load_checkpoint_trainer_name(ckpt: Path) -> str | None:
+    if not ckpt.is_file():
+        return None
+    import torch
+
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=False).get("trainer_name")
+    except Exception:  # provenance only; prediction already read the checkpoint
+        return None
+
+
+def check_reusable_model(model_folder: Path, aux: AuxDataset, fold: str, checkpoint: str) -> None:
+    """Check that a trained model folder fits the auxiliary dataset (channels, labels, method)."""
+    model_folder = Path(model_folder)
+    for f in ("dataset.json", "plans.json", f"fold_{fold}/{checkpoint}"):
+        if not (model_folder / f).is_file():
+            raise FileNotFoundError(f"{model_folder / f} not found: --model must be a trained nnU-Net model folder "
+                                    f"(.../Trainer__Plans__configuration) with fold '{fold}'.")
+    mj = _load_json(model_folder / "dataset.json")
+    aj = aux.dataset_json
+    if len(mj.get("channel_names", {})) != len(aj["channel_names"]) or mj.get("labels") != aj["labels"]:
+        raise RevisionError(
+            f"The model in {model_folder} was trained with {len(mj.get('channel_names', {}))} input channels and "
+            f"labels {mj.get('labels')}, but this dataset needs {len(aj['channel_names'])} channels and labels "
+            f"{aj['labels']} (method '{aux.method}').")
+    if mj.get("nl_revision_method", aux.method) != aux.method:
+        raise RevisionError(f"The model in {model_folder} was trained for method '{mj['nl_revision_method']}', "
+                            f"not '{aux.method}'.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. revised labels, noise maps
+# ----------------------------------------------------------------------------------------------------------------
+def noise_map(imperfect: np.ndarray, revised: np.ndarray) -> np.ndarray:
+    """Per-voxel noise code of an imperfect label relative to its revision.
+
+    Args:
+        imperfect, revised: integer label maps of equal shape (X, Y[, Z]).
+
+    Returns:
+        uint8 map of the same shape: 0 agree, 1 over-annotation (imperfect foreground, revised background),
+        2 under-annotation (imperfect background, revised foreground), 3 class swap (both foreground, different).
+    """
+    if imperfect.shape != revised.shape:
+        raise ValueError(f"noise_map: shape mismatch {imperfect.shape} vs {revised.shape}")
+    out = np.zeros(imperfect.shape, dtype=np.uint8)
+    fi, fr = imperfect != 0, revised != 0
+    out[fi & ~fr] = NOISE_OVER
+    out[~fi & fr] = NOISE_UNDER
+    out[fi & fr & (imperfect != revised)] = NOISE_SWAP
+    return out
+
+
+def noise_statistics(nmap: np.ndarray) -> dict[str, float]:
+    """Fractions of all voxels flagged per noise code (``fraction_changed`` = any code > 0)."""
+    n = max(nmap.size, 1)
+    return {"fraction_changed": float((nmap > 0).sum()) / n,
+            "fraction_over": float((nmap == NOISE_OVER).sum()) / n,
+            "fraction_under": float((nmap == NOISE_UNDER).sum()) / n,
+            "fraction_swap": float((nmap == NOISE_SWAP).sum()) / n}
+
+
+def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root: Path, progress: bool = False,
+                         save_noise_maps: bool = True, branch_noise_maps: Path | None = None,
+                         before_swap: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Assemble the revised ``labelsTr`` (and ``noise_maps``) of ``target_root`` and swap them in atomically.
+
+    Clean cases get their clean label; the others get their prediction from ``predictions/``. Everything is
+    checked and written into temporary folders first; ``labelsTr`` is replaced only when all cases are done.
+    Noise maps: for revised cases the network's branch maps from ``branch_noise_maps`` when given, else the
+    difference imperfect vs revised; for clean cases always the difference imperfect vs clean (the true noise).
+
+    Returns:
+        per-case records for the manifest.
+    """
+    target_root = Path(target_root)
+    fe = inputs.file_ending
+    rw = _reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    missing = [c for c in inputs.revise_ids if not (Path(predictions) / f"{c}{fe}").is_file()]
+    if missing:
+        raise RuntimeError(f"The revision model produced no prediction for {len(missing)} case(s), e.g. {missing[:5]}"
+                           f"; {LABELS_DIR}/ was left unchanged.")
+    tmp_labels = _tmp_folder(target_root, LABELS_DIR)
+    tmp_noise = _tmp_folder(target_root, NOISE_MAPS_DIR) if save_noise_maps else None
+    records: dict[str, dict] = {}
+    try:
+        for case_id in _progress(inputs.case_ids, "Writing revised labels", progress):
+            is_clean = case_id in set(inputs.clean_ids)
+            src = inputs.clean_label(case_id) if is_clean else Path(predictions) / f"{case_id}{fe}"
+            imp, imp_props = rw.read_seg(str(inputs.imperfect_label(case_id)))
+            new, new_props = rw.read_seg(str(src))
+            if new.shape != imp.shape:
+                raise RuntimeError(f"Revised label of '{case_id}' has shape {new.shape[1:]}, the imperfect one "
+                                   f"{imp.shape[1:]}; {LABELS_DIR}/ was left unchanged.")
+            _check_values(new, inputs.num_classes, src)
+            shutil.copy2(src, tmp_labels / f"{case_id}{fe}")
+            nmap = noise_map(imp[0], new[0])
+            stats = noise_statistics(nmap)
+            if branch_noise_maps is not None and not is_clean:
+                bmap, _ = rw.read_seg(str(Path(branch_noise_maps) / f"{case_id}{fe}"))
+                if bmap.shape != imp.shape:
+                    raise RuntimeError(f"Branch noise map of '{case_id}' has shape {bmap.shape[1:]}, expected "
+                                       f"{imp.shape[1:]}.")
+                nmap = bmap[0].astype(np.uint8)
+                branch = noise_statistics(nmap)
+                stats.update({"branch_fraction_over": branch["fraction_over"] + branch["fraction_swap"],
+                              "branch_fraction_under": branch["fraction_under"] + branch["fraction_swap"]})
+            if tmp_noise is not None:
+                rw.write_seg(nmap, str(tmp_noise / f"{case_id}{fe}"), imp_props)
+            records[case_id] = {"source": "clean" if is_clean else "revised",
+                                "imperfect_sha256": _sha256(inputs.imperfect_label(case_id)), **stats,
+                                "noise_map_from": "branches" if branch_noise_maps is not None and not is_clean
+                                else "difference"}
+        if before_swap is not None:
+            before_swap()
+        swap_in_folder(tmp_labels, target_root / LABELS_DIR)
+        if tmp_noise is not None:
+            swap_in_folder(tmp_noise, target_root / NOISE_MAPS_DIR)
+    except BaseException:
+        shutil.rmtree(tmp_labels, ignore_errors=True)
+        if tmp_noise is not None:
+            shutil.rmtree(tmp_noise, ignore_errors=True)
+        raise
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. the whole job
+# ----------------------------------------------------------------------------------------------------------------
+def resolve_dataset_folder(dataset: str | int | os.PathLike) -> Path:
+    """A dataset id, ``DatasetXXX_Name`` (looked up in ``nnUNet_raw``) or a folder path -> the raw dataset folder."""
+    return raw_dataset.resolve_raw_dataset(str(dataset)).resolve()
+
+
+def _plugin_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nnunet-noisylabels")
+    except Exception:
+        return "unknown"
+
+
+def _nnunet_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nnunetv2")
+    except Exception:
+        return "unknown"
+
+
+def _make_output_dataset(inputs: RevisionInputs, output_dataset: str) -> Path:
+    """Create a new raw dataset folder (in a temporary place) with the source's images and label folders."""
+    raw_root = os.environ.get("nnUNet_raw")
+    out = Path(output_dataset)
+    if not out.is_absolute() and os.sep not in output_dataset:
+        if not raw_root:
+            raise RevisionError("--output_dataset given as a name needs nnUNet_raw to be set (or pass a path).")
+        if not re.fullmatch(r"Dataset\d{3}_.+", output_dataset):
+            raise RevisionError(f"--output_dataset '{output_dataset}' must look like DatasetXXX_Name.")
+        m_id = int(output_dataset[7:10])
+        used = _used_dataset_ids()
+        if m_id in used and used[m_id] != output_dataset:
+            raise RevisionError(f"Dataset id {m_id} is already taken by {used[m_id]}; choose another id.")
+        out = Path(raw_root) / output_dataset
+    if out.exists():
+        raise RevisionError(f"{out} already exists; choose a new --output_dataset or delete it first.")
+    if out.resolve() == inputs.raw_folder.resolve():
+        raise RevisionError("--output_dataset must differ from the source dataset.")
+    return out
+
+
+def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output_dataset: str | None = None,
+                   model_step: ModelStep | None = None, aux_id: int | None = None, aux_folder: str | None = None,
+                   trainer: str | None = None, configuration: str | None = None, fold: str = "all",
+                   device: str | None = None, num_processes: int = 1, model_folder: str | None = None,
+                   save_noise_maps: bool = True, truth_folder: str | None = None, report: bool = True,
+                   keep_aux: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Revise the imperfect labels of a raw nnU-Net dataset with a model trained on its clean pairs.
+
+    In place (default): the imperfect labels are preserved in ``labelsTr_imperfect/``, ``labelsTr/`` is replaced
+    atomically by the pseudo masks (clean cases get their clean label), noise maps go to ``noise_maps/`` and the
+    manifest to ``labelsTr_revision.json``. With ``output_dataset`` the source is left untouched and a new raw dataset
+    (images linked, ``labelsTr_clean``/``labelsTr_imperfect`` copied) is written instead.
+
+    Args:
+        dataset: dataset id, name or folder.
+        method: 'nin' (noise identification network: image + imperfect label in) or 'clean_only' (plain nnU-Net on
+            the image channels of the clean pairs; the benchmark baseline).
+        output_dataset: write a new dataset (``DatasetXXX_Name`` in nnUNet_raw, or a path) instead of in place.
+        model_step: replaces the nnU-Net train/predict step (tests); default :class:`NnUNetModelStep`.
+        aux_id: dataset id of the auxiliary dataset (default: free id chosen automatically).
+        aux_folder: build the auxiliary dataset here instead of in nnUNet_raw (only with a custom model_step or
+            ``model_folder``, since nnU-Net training needs it in nnUNet_raw).
+        trainer, configuration, fold, device, num_processes, model_folder: see :class:`NnUNetModelStep`.
+        save_noise_maps: write per-case noise maps.
+        truth_folder: true labels (e.g. of the clean dataset a corrupted copy came from) for the report's Dice/HD95.
+        report: write the revision report (JSON, CSV, Markdown, PNG overlays).
+        keep_aux: keep the auxiliary dataset after the run (it holds the trained model's inputs).
+        progress: progress bars.
+        log: where progress messages go.
+
+    Returns:
+        the manifest (also written to ``labelsTr_revision.json``).
+    """
+    if method not in METHODS:
+        raise RevisionError(f"Unknown method '{method}'; choose one of {METHODS}.")
+    raw = resolve_dataset_folder(dataset)
+    if output_dataset is None:
+        for line in recover_interrupted_swap(raw):
+            log(f"Recovered from an interrupted run: {line}")
+    inputs = validate_inputs(raw, progress=progress)
+    log(f"{raw.name}: {len(inputs.clean_ids)} clean pair(s), {len(inputs.revise_ids)} case(s) to revise, "
+        f"{inputs.num_classes} classes, {inputs.dimensionality}D; imperfect labels read from "
+        f"{inputs.originals_folder.name}/")
+    out_final = _make_output_dataset(inputs, output_dataset) if output_dataset is not None else None
+    if truth_folder is not None and not Path(truth_folder).is_dir():
+        raise FileNotFoundError(f"--truth folder {truth_folder} not found.")
+
+    if str(fold) != "all" and len(inputs.clean_ids) < 5:
+        raise RevisionError(f"Fold {fold} needs nnU-Net's 5-fold split of the clean pairs, but there are only "
+                            f"{len(inputs.clean_ids)}; use -f all.")
+    if model_step is None:
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model_step = NnUNetModelStep(configuration=configuration, trainer=trainer or DEFAULT_TRAINERS[method],
+                                     fold=str(fold), device=device, num_processes=num_processes,
+                                     model_folder=model_folder, progress=progress,
+                                     dimensionality=inputs.dimensionality, save_noise_maps=save_noise_maps)
+    if aux_folder is None:
+        if not os.environ.get("nnUNet_raw"):
+            raise RevisionError("nnUNet_raw is not set: the auxiliary dataset is built there.")
+        aux_folder = str(Path(os.environ["nnUNet_raw"]) / choose_aux_dataset_name(raw, method, aux_id))
+
+    if out_final is None:
+        preserve_originals(inputs)
+        target_root = raw
+    else:
+        tmp_root = out_final.with_name(f".{out_final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp_root.mkdir(parents=True)
+        target_root = tmp_root
+    try:
+        aux = build_aux_dataset(inputs, aux_folder, method, progress=progress)
+        log(f"Auxiliary dataset: {aux.folder}")
+        pred_dir = aux.folder / "predictionsTs"
+        pred_dir.mkdir()
+        model_info = model_step(aux, pred_dir) or {}
+        if out_final is not None:
+            _populate_output_dataset(inputs, target_root, progress)
+        branch_maps = model_info.get("branch_noise_maps")
+        records = write_revised_labels(inputs, pred_dir, target_root, progress=progress,
+                                       save_noise_maps=save_noise_maps,
+                                       branch_noise_maps=Path(branch_maps) if branch_maps else None)
+        manifest = {
+            "format": "nnunet_noisylabels.revision/1",
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source_dataset": raw.name,
+            "mode": "in_place" if out_final is None else "new_dataset",
+            "dataset": (out_final or raw).name,
+            "method": method,
+            "aux_dataset": aux.name,
+            "model": model_info,
+            "labels_folder": LABELS_DIR,
+            "originals_folder": ORIGINALS_DIR,
+            "clean_folder": CLEAN_DIR,
+            "noise_maps_folder": NOISE_MAPS_DIR if save_noise_maps else None,
+            "noise_map_codes": NOISE_MAP_LABELS,
+            "noise_maps_from": "network over/under branches (revised cases), difference imperfect vs clean (clean "
+                               "cases)" if branch_maps else "difference imperfect vs revised/clean",
+            "num_clean": len(inputs.clean_ids),
+            "num_revised": len(inputs.revise_ids),
+            "versions": {"nnunet_noisylabels": _plugin_version(), "nnunetv2": _nnunet_version()},
+            "cases": records,
+        }
+        _write_json_atomic(manifest, target_root / MANIFEST_NAME)
+        if out_final is not None:
+            os.rename(target_root, out_final)
+            target_root = out_final
+    except BaseException:
+        if out_final is not None:
+            shutil.rmtree(target_root, ignore_errors=True)
+        raise
+    finally:
+        if not keep_aux and Path(aux_folder).exists():
+            shutil.rmtree(aux_folder, ignore_errors=True)
+    log(f"Revised {len(inputs.revise_ids)} label(s) in {target_root / LABELS_DIR}; originals in "
+        f"{target_root / ORIGINALS_DIR}; manifest {target_root / MANIFEST_NAME}.")
+    if report:
+        from nnunet_noisylabels.evaluation.revision_report import write_revision_report
+
+        summary = write_revision_report(target_root, truth_folder=truth_folder, progress=progress)
+        log(f"Report: {target_root / REPORT_DIR}" + (
+            f" (mean Dice imperfect {summary['mean']['dice_imperfect']:.4f} -> revised "
+            f"{summary['mean']['dice_revised']:.4f})" if summary.get("mean", {}).get("dice_revised") is not None
+            else ""))
+    log("Next: nnUNetv2_plan_and_preprocess / nnUNetv2_train on this dataset use the pseudo masks "
+        "(re-run preprocessing if the dataset was preprocessed before).")
+    return manifest
+
+
+def _populate_output_dataset(inputs: RevisionInputs, root: Path, progress: bool) -> None:
+    """Images (linked), dataset.json, clean and original imperfect labels of a new output dataset."""
+    fe = inputs.file_ending
+    (root / "imagesTr").mkdir()
+    for case_id in _progress(inputs.case_ids, "Linking images", progress):
+        for c, src in enumerate(inputs.images(case_id)):
+            _link_or_copy(src, root / "imagesTr" / f"{case_id}_{c:04d}{fe}")
+    djson = dict(inputs.dataset_json)
+    djson["name"] = root.name.split(".tmp-")[0].lstrip(".")
+    _write_json_atomic(djson, root / "dataset.json")
+    shutil.copytree(inputs.raw_folder / CLEAN_DIR, root / CLEAN_DIR)
+    (root / ORIGINALS_DIR).mkdir()
+    for case_id in inputs.case_ids:
+        shutil.copy2(inputs.imperfect_label(case_id), root / ORIGINALS_DIR / f"{case_id}{fe}")
+
+
+def revision_sources(raw_folder: str | os.PathLike) -> tuple[Path, Path, Path | None]:
+    """(revised labels, imperfect labels, noise maps or None) of a revised dataset, read from its manifest."""
+    raw = Path(raw_folder)
+    if not (raw / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(f"{raw / MANIFEST_NAME} not found: run nnUNetv2_nl_revise on {raw} first.")
+    m = _load_json(raw / MANIFEST_NAME)
+    nm = m.get("noise_maps_folder")
+    return raw / m["labels_folder"], raw / m["originals_folder"], (raw / nm) if nm else None
+
+
+__all__ = [
+    "AuxDataset", "METHODS", "ModelStep", "NnUNetModelStep", "RevisionError", "RevisionInputs", "build_aux_dataset",
+    "check_reusable_model", "choose_aux_dataset_name", "noise_map", "noise_statistics", "preserve_originals",
+    "recover_interrupted_swap", "resolve_dataset_folder", "revise_dataset", "revision_sources", "swap_in_folder",
+    "validate_inputs", "write_revised_labels",
+]

@@ -1,0 +1,446 @@
+"""Tests of the noise identification network: targets, fusion, losses, network shapes, trainer plumbing.
+
+The slow test plans, preprocesses and trains ``NoiseIdentificationTrainer`` through nnU-Net on a tiny synthetic
+auxiliary dataset with planted systematic noise and checks that the revised masks are closer to the truth than the
+imperfect labels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from nnunet_noisylabels.losses.noise_identification import (
+    FUSION_RULES,
+    NoiseIdentificationLoss,
+    fuse_logits,
+    fuse_probabilities,
+    imperfect_label_from_channels,
+    noise_corrected_probabilities,
+    noise_targets,
+    one_hot,
+    split_branches,
+)
+from nnunet_noisylabels.networks.noise_identification import build_noise_identification_network
+from nnunet_noisylabels.preprocessing.aux_dataset import (
+    aux_dataset_json_keys,
+    imperfect_label_to_channels,
+    label_channel_indices,
+    label_channel_names,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------- aux dataset helpers
+def test_imperfect_label_to_channels_golden():
+    seg = np.array([[0, 1, 2], [2, 0, 1]])
+    ch = imperfect_label_to_channels(seg, 3)
+    assert len(ch) == 2 and all(c.dtype == np.uint8 and c.shape == seg.shape for c in ch)
+    assert ch[0].tolist() == [[0, 1, 0], [0, 0, 1]]
+    assert ch[1].tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_imperfect_label_to_channels_rejects_bad_labels():
+    with pytest.raises(ValueError, match="num_classes=2"):
+        imperfect_label_to_channels(np.array([0, 3]), 2)
+    with pytest.raises(ValueError, match="non-integer"):
+        imperfect_label_to_channels(np.array([0.5, 1.0]), 2)
+    with pytest.raises(ValueError, match=">= 2"):
+        imperfect_label_to_channels(np.array([0]), 1)
+
+
+def test_label_channel_indices_roundtrip_and_errors():
+    dj = {"channel_names": label_channel_names({"0": "T1", "1": "T2"}, 3),
+          "labels": {"background": 0, "a": 1, "b": 2}, **aux_dataset_json_keys(2, 3)}
+    assert dj["channel_names"] == {"0": "T1", "1": "T2", "2": "noNorm", "3": "noNorm"}
+    assert label_channel_indices(dj) == (2, [2, 3])
+    with pytest.raises(ValueError, match="not an auxiliary"):
+        label_channel_indices({"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}})
+    bad = dict(dj, nl_label_channels=[2])
+    with pytest.raises(ValueError, match="needs 2 label channels"):
+        label_channel_indices(bad)
+    bad = dict(dj, nl_label_channels=[3, 4])
+    with pytest.raises(ValueError, match="consecutive"):
+        label_channel_indices(bad)
+
+
+# --------------------------------------------------------------------------------------------- targets and fusion
+def test_imperfect_label_from_channels_rebinarizes():
+    # channels of a K=3 label after order-3 interpolation: overshoot, undershoot, ties below threshold
+    ch = torch.tensor([[[0.9, 0.1, 0.45, -0.1, 0.6], [0.05, 0.8, 0.3, 1.1, 0.7]]])  # (B=1, K-1=2, X=5)
+    lab = imperfect_label_from_channels(ch)
+    assert lab.shape == (1, 1, 5)
+    assert lab.flatten().tolist() == [1, 2, 0, 2, 2]
+
+
+def test_noise_targets_golden():
+    clean = torch.tensor([[[0, 1, 1, 2, 0, 2]]])
+    imperf = torch.tensor([[[1, 1, 0, 1, 0, 2]]])
+    over, under = noise_targets(clean, imperf, 3)
+    assert over.shape == (1, 3, 6)
+    # over[k]: imperfect says k, clean not k
+    assert over[0].tolist() == [[0, 0, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]]
+    # under[k]: clean says k, imperfect not k
+    assert under[0].tolist() == [[1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]]
+
+
+def test_noise_corrected_probabilities_golden():
+    y = torch.tensor([[[0.0], [1.0]]])  # imperfect says class 1
+    o = torch.tensor([[[0.0], [0.8]]])  # class 1 probably over-annotated
+    u = torch.tensor([[[0.1], [0.0]]])  # background channel: voxel falsely marked -> under-annotated background
+    c = noise_corrected_probabilities(y, o, u, eps=0.0)
+    assert_allclose(c[0, :, 0].numpy(), [1 / 3, 2 / 3], atol=1e-6)
+
+
+def test_fusion_rules_golden():
+    p = torch.tensor([[[0.2], [0.8]]])
+    y = torch.tensor([[[0.0], [1.0]]])
+    o = torch.tensor([[[0.0], [0.6]]])
+    u = torch.tensor([[[0.6], [0.0]]])
+    # c = [0.6, 0.4] / 1.0
+    assert_allclose(fuse_probabilities(p, o, u, y, "revised")[0, :, 0].numpy(), [0.2, 0.8], atol=1e-6)
+    assert_allclose(fuse_probabilities(p, o, u, y, "noise")[0, :, 0].numpy(), [0.6, 0.4], atol=1e-5)
+    assert_allclose(fuse_probabilities(p, o, u, y, "mean")[0, :, 0].numpy(), [0.4, 0.6], atol=1e-5)
+    g = np.sqrt([0.2 * 0.6, 0.8 * 0.4])
+    assert_allclose(fuse_probabilities(p, o, u, y, "product")[0, :, 0].numpy(), g / g.sum(), atol=1e-5)
+    with pytest.raises(ValueError, match="Unknown fusion rule"):
+        fuse_probabilities(p, o, u, y, "max")
+
+
+@pytest.mark.parametrize("rule", FUSION_RULES)
+def test_fuse_logits_is_log_distribution_and_perfect_heads_recover_clean(rule):
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 3, (2, 1, 8, 8), generator=g)
+    imperf = torch.randint(0, 3, (2, 1, 8, 8), generator=g)
+    over, under = noise_targets(clean, imperf, 3)
+    rev = 10 * (one_hot(clean, 3) - 0.5)
+    out = fuse_logits(rev, 20 * (over - 0.5), 20 * (under - 0.5), one_hot(imperf, 3), rule)
+    assert_allclose(out.exp().sum(1).numpy(), 1.0, atol=1e-4)
+    assert torch.equal(out.argmax(1, keepdim=True), clean)
+
+
+def test_noise_rule_keeps_imperfect_label_when_noise_heads_are_silent():
+    g = torch.Generator().manual_seed(1)
+    imperf = torch.randint(0, 2, (1, 1, 6, 6), generator=g)
+    silent = torch.full((1, 2, 6, 6), -20.0)
+    out = fuse_logits(torch.zeros(1, 2, 6, 6), silent, silent, one_hot(imperf, 2), "noise")
+    assert torch.equal(out.argmax(1, keepdim=True), imperf)
+
+
+def test_split_branches():
+    t = torch.arange(9.0).view(1, 9, 1)
+    parts = split_branches(t, 3)
+    assert parts["revised"].flatten().tolist() == [0, 1, 2]
+    assert parts["over"].flatten().tolist() == [3, 4, 5]
+    assert parts["under"].flatten().tolist() == [6, 7, 8]
+    with pytest.raises(ValueError, match="Expected 6 channels"):
+        split_branches(t, 2)
+
+
+def _ce(out, target):
+    return torch.nn.functional.cross_entropy(out, target[:, 0].long())
+
+
+def _bce(out, target):
+    return torch.nn.functional.binary_cross_entropy_with_logits(out, target)
+
+
+def test_loss_prefers_correct_heads_and_handles_deep_supervision():
+    g = torch.Generator().manual_seed(2)
+    clean = torch.randint(0, 2, (2, 1, 8, 8), generator=g)
+    imperf = torch.randint(0, 2, (2, 1, 8, 8), generator=g)
+    over, under = noise_targets(clean, imperf, 2)
+    loss = NoiseIdentificationLoss(_ce, _bce, 2)
+    good = {"revised": 8 * (one_hot(clean, 2) - 0.5), "over": 16 * (over - 0.5), "under": 16 * (under - 0.5)}
+    bad_over = dict(good, over=-good["over"])
+    l_good, l_bad = loss(good, clean, imperf), loss(bad_over, clean, imperf)
+    assert l_good < 0.05 and l_bad > 5
+    assert loss.last_components["over"] > 5 and loss.last_components["revised"] < 0.05
+
+    # deep supervision: lists per scale; imperfect is downsampled inside
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    ds = NoiseIdentificationLoss(DeepSupervisionWrapper(_ce, (1, 0.5)), DeepSupervisionWrapper(_bce, (1, 0.5)), 2)
+    # nnU-Net downsamples DS targets with nearest-exact: 8 -> 4 picks pixels 1, 3, 5, 7
+    clean_lr = clean[..., 1::2, 1::2]
+    imperf_lr = imperf[..., 1::2, 1::2]
+    o_lr, u_lr = noise_targets(clean_lr, imperf_lr, 2)
+    outs = {"revised": [good["revised"], 8 * (one_hot(clean_lr, 2) - 0.5)],
+            "over": [good["over"], 16 * (o_lr - 0.5)], "under": [good["under"], 16 * (u_lr - 0.5)]}
+    assert ds(outs, [clean, clean_lr], imperf) < 0.1
+    with pytest.raises(ValueError, match="does not match"):
+        ds(outs, [clean, clean], imperf)
+
+
+# --------------------------------------------------------------------------------------------- network
+def _arch(dim: int, resenc: bool = False):
+    conv = f"torch.nn.modules.conv.Conv{dim}d"
+    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
+    kw = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=conv, kernel_sizes=[[3] * dim] * 3,
+              strides=[[1] * dim, [2] * dim, [2] * dim], n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+              norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
+              nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True})
+    if resenc:
+        kw["n_blocks_per_stage"] = [1, 1, 1]
+        name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    else:
+        kw["n_conv_per_stage"] = [1, 1, 1]
+        name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    return name, kw, ["conv_op", "norm_op", "dropout_op", "nonlin"]
+
+
+@pytest.mark.parametrize("dim,num_classes,deep,resenc", [
+    (2, 2, True, False), (2, 3, False, False), (3, 2, False, False), (3, 3, True, False), (2, 3, True, True),
+])
+def test_network_shapes(dim, num_classes, deep, resenc):
+    name, kw, req = _arch(dim, resenc)
+    c_img = 2
+    net = build_noise_identification_network(name, kw, req, c_img + num_classes - 1, num_classes, deep)
+    spatial = (16,) * dim
+    x = torch.rand(2, c_img + num_classes - 1, *spatial)
+    # 3 stages -> 2 decoder stages -> outputs at full and half resolution
+    scales = [spatial, tuple(s // 2 for s in spatial)] if deep else [spatial]
+
+    net.train()
+    out = net(x)
+    assert set(out) == {"revised", "over", "under"}
+    for branch in out.values():
+        branch = branch if deep else [branch]
+        assert [tuple(t.shape) for t in branch] == [(2, num_classes, *s) for s in scales]
+
+    net.eval()
+    with torch.no_grad():
+        fused = net(x)
+        fused = fused if deep else [fused]
+        assert [tuple(t.shape) for t in fused] == [(2, num_classes, *s) for s in scales]
+        assert_allclose(fused[0].exp().sum(1).numpy(), 1.0, atol=1e-4)
+        net.eval_output = "branches"
+        br = net(x)
+        br = br[0] if deep else br
+        assert br.shape == (2, 3 * num_classes, *spatial)
+
+
+def test_network_deep_supervision_toggle_and_weights_load_without_it():
+    name, kw, req = _arch(2)
+    net = build_noise_identification_network(name, kw, req, 2, 2, deep_supervision=True)
+    net.deep_supervision = False
+    assert not any(d.deep_supervision for d in (net.decoder, net.decoder_over, net.decoder_under))
+    # the predictor builds without deep supervision and loads the trained weights strictly
+    other = build_noise_identification_network(name, kw, req, 2, 2, deep_supervision=False)
+    other.load_state_dict(net.state_dict(), strict=True)
+    x = torch.rand(1, 2, 16, 16)
+    net.eval(), other.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), other(x))
+
+
+def test_network_shares_one_encoder_and_has_three_decoders():
+    name, kw, req = _arch(2)
+    net = build_noise_identification_network(name, kw, req, 2, 2)
+    assert net.decoder.encoder is net.encoder and net.decoder_over.encoder is net.encoder
+    assert net.decoder_under.encoder is net.encoder
+    n_enc = sum(p.numel() for p in net.encoder.parameters())
+    n_dec = sum(p.numel() for p in net.decoder.parameters()) - n_enc
+    assert sum(p.numel() for p in net.parameters()) == n_enc + 3 * n_dec
+
+
+def test_network_rebinarizes_label_channels():
+    name, kw, req = _arch(2)
+    net = build_noise_identification_network(name, kw, req, 3, 3, deep_supervision=False).eval()
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(1, 1, 16, 16, generator=g)
+    lab = torch.randint(0, 3, (1, 1, 16, 16), generator=g)
+    oh = one_hot(lab, 3)[:, 1:]
+    smeared = oh * 0.8 + 0.1 + 0.05 * torch.randn(oh.shape, generator=g)  # like order-3 resampling wiggle
+    with torch.no_grad():
+        a = net(torch.cat((img, oh), 1))
+        b = net(torch.cat((img, smeared), 1))
+    assert torch.allclose(a, b)
+
+
+def test_network_rejects_wrong_channel_count_and_rule():
+    name, kw, req = _arch(2)
+    net = build_noise_identification_network(name, kw, req, 3, 3)
+    with pytest.raises(ValueError, match="expected 1 image channels"):
+        net(torch.rand(1, 4, 16, 16))
+    with pytest.raises(ValueError, match="Unknown fusion rule"):
+        net.fusion = "vote"
+    with pytest.raises(ValueError, match="cannot hold"):
+        build_noise_identification_network(name, kw, req, 2, 3)
+
+
+# --------------------------------------------------------------------------------------------- augmentation guard
+def test_intensity_transforms_leave_label_channels_alone():
+    from nnunet_noisylabels.trainers.noise_identification import restrict_intensity_transforms
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    pipeline = restrict_intensity_transforms(ComposeTransforms([
+        RandomTransform(GaussianNoiseTransform(noise_variance=(0.5, 0.5), p_per_channel=1), apply_probability=1),
+        MirrorTransform(allowed_axes=(0,)),
+    ]), num_image_channels=1)
+    torch.manual_seed(0)
+    img = torch.zeros(1, 8, 8)
+    lab = (torch.rand(2, 8, 8) > 0.5).float()
+    out = pipeline(image=torch.cat((img, lab)), segmentation=torch.zeros(1, 8, 8))["image"]
+    assert out.shape == (3, 8, 8)
+    assert out[0].abs().sum() > 0  # the image got noise
+    # label channels untouched except by the spatial transform (mirrored or not)
+    assert torch.equal(out[1:], lab) or torch.equal(out[1:], lab.flip(1))
+
+
+# --------------------------------------------------------------------------------------------- nnU-Net end to end
+def _disk_case(rng: np.random.Generator, size: int, num_classes: int):
+    yy, xx = np.mgrid[:size, :size]
+    clean = np.zeros((size, size), np.uint8)
+    image = rng.normal(0.0, 0.08, (size, size))
+    for k in range(1, num_classes):
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        r = rng.integers(size // 8, size // 5)
+        inside = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2) & (clean == 0)
+        clean[inside] = k
+        image[inside] += 0.4 * k
+    return np.clip(image * 200 + 40, 0, 255).astype(np.uint8), clean
+
+
+def plant_noise(clean: np.ndarray, num_classes: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Systematic imperfections: 'dilate' over-annotates every structure by 3-4 px; 'box' replaces each by its box."""
+    from scipy import ndimage
+
+    out = np.zeros_like(clean)
+    for k in range(1, num_classes):
+        m = clean == k
+        if kind == "dilate":
+            m = ndimage.binary_dilation(m, iterations=int(rng.integers(3, 5)))
+        elif kind == "box":
+            sl = ndimage.find_objects(m.astype(np.uint8))[0]
+            m = np.zeros_like(m)
+            m[sl] = True
+        out[m & (out == 0)] = k
+    return out
+
+
+def write_aux_dataset(root: Path, name: str, n_train: int, n_test: int, num_classes: int, kind: str,
+                      seed: int = 0, size: int = 64) -> dict:
+    """Write an auxiliary noise-identification dataset (PNG) and return {case: (clean, imperfect)} of imagesTs."""
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(seed)
+    ds = root / name
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (ds / sub).mkdir(parents=True, exist_ok=True)
+    held_out = {}
+    for i in range(n_train + n_test):
+        case = f"case_{i:03d}"
+        image, clean = _disk_case(rng, size, num_classes)
+        imperfect = plant_noise(clean, num_classes, kind, rng)
+        folder = ds / ("imagesTr" if i < n_train else "imagesTs")
+        imsave(folder / f"{case}_0000.png", image, check_contrast=False)
+        for k, ch in enumerate(imperfect_label_to_channels(imperfect, num_classes), start=1):
+            imsave(folder / f"{case}_{k:04d}.png", ch, check_contrast=False)
+        if i < n_train:
+            imsave(ds / "labelsTr" / f"{case}.png", clean, check_contrast=False)
+        else:
+            held_out[case] = (clean, imperfect)
+    labels = {"background": 0, **{f"structure{k}": k for k in range(1, num_classes)}}
+    dataset_json = {"channel_names": label_channel_names({"0": "zscore"}, num_classes), "labels": labels,
+                    "numTraining": n_train, "file_ending": ".png", **aux_dataset_json_keys(1, num_classes)}
+    (ds / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return held_out
+
+
+def dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
+    scores = []
+    for k in range(1, num_classes):
+        x, y = a == k, b == k
+        denom = x.sum() + y.sum()
+        scores.append(1.0 if denom == 0 else 2 * (x & y).sum() / denom)
+    return float(np.mean(scores))
+
+
+TEST_TRAINER_MODULE = '''
+from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer
+
+
+class NoiseIdentificationTrainer_test(NoiseIdentificationTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=None):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = {epochs}
+        self.num_iterations_per_epoch = {iters}
+        self.num_val_iterations_per_epoch = 2
+'''
+
+
+def _nnunet_env(tmp_path: Path, trainer_dir: Path) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "nnUNet_extTrainer": os.pathsep.join([str(REPO_ROOT / "nnunet_noisylabels" / "nnunet_ext"), str(trainer_dir)]),
+        "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
+        "nnUNet_results": str(tmp_path / "res"), "nnUNet_compile": "0", "nnUNet_def_n_proc": "1",
+        "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    })
+    return env
+
+
+def shrink_plans(preprocessed: Path, dataset: str, max_features: int = 32) -> None:
+    """Cap the width of the planned network (a plain plans edit) so CPU tests train in seconds, not minutes."""
+    plans_file = preprocessed / dataset / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    for cfg in plans["configurations"].values():
+        kw = cfg.get("architecture", {}).get("arch_kwargs")
+        if kw:
+            kw["features_per_stage"] = [min(f // 4, max_features) for f in kw["features_per_stage"]]
+    plans_file.write_text(json.dumps(plans, indent=2))
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _run(cmd: list[str], env: dict):
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_classes,kind", [(2, "dilate")])
+def test_trainer_revises_planted_noise_through_nnunet(tmp_path, num_classes, kind):
+    """Train through nnU-Net (plan, preprocess, train, predict imagesTs) and beat the imperfect labels' Dice."""
+    from skimage.io import imread
+
+    held_out = write_aux_dataset(tmp_path / "raw", "Dataset901_NINtest", n_train=8, n_test=4,
+                                 num_classes=num_classes, kind=kind)
+    trainer_dir = tmp_path / "trainers"
+    trainer_dir.mkdir()
+    (trainer_dir / "nin_test_trainers.py").write_text(TEST_TRAINER_MODULE.format(epochs=4, iters=25))
+    env = _nnunet_env(tmp_path, trainer_dir)
+    # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1 there
+    _run([_bin("nnUNetv2_plan_and_preprocess"), "-d", "901", "-c", "2d", "-np", "1", "--verify_dataset_integrity"],
+         dict(env, nnUNet_n_proc_DA="1"))
+    shrink_plans(tmp_path / "pre", "Dataset901_NINtest")
+    _run([_bin("nnUNetv2_train"), "901", "2d", "all", "-tr", "NoiseIdentificationTrainer_test", "-device", "cpu"],
+         env)
+    out_dir = tmp_path / "pred"
+    _run([_bin("nnUNetv2_predict"), "-d", "901", "-c", "2d", "-f", "all", "-tr", "NoiseIdentificationTrainer_test",
+          "-i", str(tmp_path / "raw" / "Dataset901_NINtest" / "imagesTs"), "-o", str(out_dir), "-device", "cpu",
+          "-npp", "0", "-nps", "0"], env)
+    d_imperfect, d_revised = [], []
+    for case, (clean, imperfect) in held_out.items():
+        revised = imread(out_dir / f"{case}.png")
+        assert revised.shape == clean.shape
+        d_imperfect.append(dice(imperfect, clean, num_classes))
+        d_revised.append(dice(revised, clean, num_classes))
+    # a no-op revision (revised == imperfect) fails this margin
+    assert np.mean(d_revised) > np.mean(d_imperfect) + 0.1, (d_imperfect, d_revised)

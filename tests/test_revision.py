@@ -1,0 +1,554 @@
+"""Tests of the label-revision stage (``nnUNetv2_nl_revise``): validation, preservation of the originals,
+atomic writes, re-run safety, output-dataset mode, report. The model step is replaced by fakes; one slow test
+goes through nnU-Net end to end."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from nnunet_noisylabels.cli.revise import main
+from nnunet_noisylabels.preprocessing import revision as rv
+from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices
+
+
+# ------------------------------------------------------------------------------------------------ synthetic data
+def _disk(shape, center, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, center)) <= radius ** 2
+
+
+def _write_png(arr, path):
+    from skimage.io import imsave
+
+    imsave(str(path), arr.astype(np.uint8), check_contrast=False)
+
+
+def _write_nii(arr, path, spacing=(1.0, 1.0, 1.0)):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+
+
+def make_dataset(root: Path, dim: int = 2, n_cases: int = 6, n_clean: int = 2, num_classes: int = 2,
+                 name: str = "Dataset101_Toy") -> tuple[Path, Path]:
+    """A tiny raw dataset: truth = disks (classes 1..K-1), imperfect = truth dilated by 2 voxels (over-annotation).
+
+    Returns (dataset folder, folder of true labels)."""
+    rng = np.random.default_rng(0)
+    ds = root / name
+    truth_dir = root.parent / f"{name}_truth"  # outside nnUNet_raw: not a dataset
+    for sub in ("imagesTr", "labelsTr", "labelsTr_clean"):
+        (ds / sub).mkdir(parents=True)
+    truth_dir.mkdir()
+    fe = ".png" if dim == 2 else ".nii.gz"
+    shape = (32, 32) if dim == 2 else (12, 20, 20)
+    for i in range(n_cases):
+        case = f"toy_{i:03d}"
+        truth = np.zeros(shape, np.uint8)
+        for k in range(1, num_classes):
+            c = [s // 2 + rng.integers(-3, 4) for s in shape]
+            c[-1] += (k - 1) * 6 - 3 * (num_classes > 2)
+            truth[_disk(shape, c, 4 if dim == 2 else 3) & (truth == 0)] = k
+        imperfect = np.zeros_like(truth)
+        for k in range(1, num_classes):
+            imperfect[ndimage.binary_dilation(truth == k, iterations=2) & (imperfect == 0)] = k
+        image = (truth * 60 + rng.normal(60, 10, shape)).clip(0, 255).astype(np.uint8)
+        write = _write_png if dim == 2 else _write_nii
+        write(image, ds / "imagesTr" / f"{case}_0000{fe}")
+        write(imperfect, ds / "labelsTr" / f"{case}{fe}")
+        write(truth, truth_dir / f"{case}{fe}")
+        if i < n_clean:
+            write(truth, ds / "labelsTr_clean" / f"{case}{fe}")
+    labels = {"background": 0, **{f"c{k}": k for k in range(1, num_classes)}}
+    (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "gray" if dim == 2 else "MRI"},
+                                                 "labels": labels, "numTraining": n_cases, "file_ending": fe}))
+    return ds, truth_dir
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder`` (to prove nothing changed)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class TruthStep:
+    """Fake model step: 'predicts' the true label of every case (and records what it was given)."""
+
+    def __init__(self, truth_dir: Path, fail: BaseException | None = None, bad_shape: bool = False):
+        self.truth_dir, self.fail, self.bad_shape, self.calls = truth_dir, fail, bad_shape, []
+
+    def __call__(self, aux: rv.AuxDataset, out: Path) -> dict:
+        self.calls.append(aux)
+        fe = aux.dataset_json["file_ending"]
+        self.seen_label_channels = {}
+        if aux.method == "nin":
+            C, chans = label_channel_indices(aux.dataset_json)
+            rw = rv._reader_writer(aux.dataset_json, aux.images_ts / f"{aux.predict_ids[0]}_0000{fe}")
+            for c in aux.predict_ids:
+                self.seen_label_channels[c] = [rw.read_seg(str(aux.images_ts / f"{c}_{i:04d}{fe}"))[0]
+                                               for i in chans]
+        if self.fail is not None:
+            raise self.fail
+        for c in aux.predict_ids:
+            if self.bad_shape:
+                _write_png(np.zeros((8, 8), np.uint8), out / f"{c}{fe}")
+            else:
+                shutil.copy(self.truth_dir / f"{c}{fe}", out / f"{c}{fe}")
+        return {"fake": True}
+
+
+@pytest.fixture
+def toy2d(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    (tmp_path / "raw").mkdir()
+    ds, truth = make_dataset(tmp_path / "raw")
+    return ds, truth
+
+
+def _read(path):
+    from skimage.io import imread
+    import SimpleITK as sitk
+
+    return imread(str(path)) if str(path).endswith(".png") else sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+# ------------------------------------------------------------------------------------------------ unit tests
+def test_noise_map_golden():
+    imperfect = np.array([[0, 1, 1, 2], [0, 0, 1, 2]])
+    revised = np.array([[1, 0, 1, 1], [0, 0, 1, 0]])
+    expected = np.array([[2, 1, 0, 3], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(rv.noise_map(imperfect, revised), expected)
+    stats = rv.noise_statistics(rv.noise_map(imperfect, revised))
+    assert stats["fraction_changed"] == pytest.approx(4 / 8)
+    assert stats["fraction_over"] == pytest.approx(2 / 8)
+    assert stats["fraction_under"] == pytest.approx(1 / 8)
+    assert stats["fraction_swap"] == pytest.approx(1 / 8)
+
+
+def test_validate_lists_cases(toy2d):
+    ds, _ = toy2d
+    inp = rv.validate_inputs(ds)
+    assert inp.clean_ids == ["toy_000", "toy_001"]
+    assert inp.revise_ids == [f"toy_{i:03d}" for i in range(2, 6)]
+    assert inp.num_classes == 2 and inp.num_image_channels == 1 and inp.dimensionality == 2
+    assert inp.originals_folder == ds / "labelsTr"
+
+
+@pytest.mark.parametrize("breakage, match", [
+    ("no_clean_dir", "labelsTr_clean"),
+    ("empty_clean", "clean subset is empty"),
+    ("orphan_clean", "no matching case"),
+    ("shape_mismatch", "differ in shape"),
+    ("bad_value_imperfect", r"label values \[5\]"),
+    ("bad_value_clean", r"label values \[3\]"),
+    ("missing_image", "image file"),
+    ("all_clean", "nothing to revise"),
+])
+def test_bad_input_clear_error_nothing_written(toy2d, capsys, breakage, match):
+    ds, _ = toy2d
+    clean = ds / "labelsTr_clean"
+    if breakage == "no_clean_dir":
+        shutil.rmtree(clean)
+    elif breakage == "empty_clean":
+        for p in clean.iterdir():
+            p.unlink()
+    elif breakage == "orphan_clean":
+        shutil.copy(clean / "toy_000.png", clean / "stranger.png")
+    elif breakage == "shape_mismatch":
+        _write_png(np.zeros((30, 32)), clean / "toy_001.png")
+    elif breakage == "bad_value_imperfect":
+        lab = _read(ds / "labelsTr" / "toy_004.png")
+        lab[0, 0] = 5
+        _write_png(lab, ds / "labelsTr" / "toy_004.png")
+    elif breakage == "bad_value_clean":
+        lab = _read(clean / "toy_000.png")
+        lab[0, 0] = 3
+        _write_png(lab, clean / "toy_000.png")
+    elif breakage == "missing_image":
+        (ds / "imagesTr" / "toy_003_0000.png").unlink()
+    elif breakage == "all_clean":
+        for p in (ds / "labelsTr").iterdir():
+            shutil.copy(p, clean / p.name)
+    before = tree_digest(ds.parent)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        rv.validate_inputs(ds)
+    assert main(["-d", str(ds), "--no_pbar"]) == 2
+    assert "nnUNetv2_nl_revise: error:" in capsys.readouterr().err
+    assert tree_digest(ds.parent) == before  # nothing written anywhere under nnUNet_raw
+
+
+def test_aux_dataset_layout_nin_and_clean_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    ds, _ = make_dataset(tmp_path / "raw", dim=3, n_cases=4, n_clean=2, num_classes=3)
+    inp = rv.validate_inputs(ds)
+    assert inp.dimensionality == 3 and inp.num_classes == 3
+    aux = rv.build_aux_dataset(inp, tmp_path / "aux", "nin")
+    dj = json.loads((tmp_path / "aux" / "dataset.json").read_text())
+    assert label_channel_indices(dj) == (1, [1, 2])
+    assert dj["channel_names"] == {"0": "MRI", "1": "noNorm", "2": "noNorm"} and dj["numTraining"] == 2
+    assert sorted(p.name for p in (aux.folder / "labelsTr").iterdir()) == ["toy_000.nii.gz", "toy_001.nii.gz"]
+    assert len(list((aux.folder / "imagesTr").iterdir())) == 2 * 3
+    assert len(list((aux.folder / "imagesTs").iterdir())) == 2 * 3
+    imperfect = _read(ds / "labelsTr" / "toy_003.nii.gz")
+    for k in (1, 2):
+        ch = _read(aux.folder / "imagesTs" / f"toy_003_{k:04d}.nii.gz")
+        np.testing.assert_array_equal(ch, (imperfect == k).astype(np.uint8))
+    # the target of the clean pairs is the CLEAN label
+    np.testing.assert_array_equal(_read(aux.folder / "labelsTr" / "toy_001.nii.gz"),
+                                  _read(ds / "labelsTr_clean" / "toy_001.nii.gz"))
+    aux2 = rv.build_aux_dataset(inp, tmp_path / "aux_c", "clean_only")
+    assert aux2.dataset_json["channel_names"] == {"0": "MRI"} and "nl_label_channels" not in aux2.dataset_json
+    assert sorted(p.name for p in (aux2.folder / "imagesTs").iterdir()) == ["toy_002_0000.nii.gz",
+                                                                             "toy_003_0000.nii.gz"]
+
+
+def test_aux_dataset_name_choice(toy2d, tmp_path):
+    ds, _ = toy2d
+    assert rv.choose_aux_dataset_name(ds, "nin") == "Dataset500_ToyNIN"
+    (tmp_path / "raw" / "Dataset500_Other").mkdir()
+    assert rv.choose_aux_dataset_name(ds, "nin") == "Dataset501_ToyNIN"
+    (tmp_path / "raw" / "Dataset501_ToyNIN").mkdir()
+    assert rv.choose_aux_dataset_name(ds, "nin") == "Dataset501_ToyNIN"  # re-runs reuse it
+    assert rv.choose_aux_dataset_name(ds, "clean_only") == "Dataset502_ToyNLclean"
+    with pytest.raises(ValueError, match="already taken"):
+        rv.choose_aux_dataset_name(ds, "nin", aux_id=500)
+
+
+def test_revise_in_place_preserves_originals_and_writes_revision(toy2d):
+    ds, truth = toy2d
+    originals = tree_digest(ds / "labelsTr")
+    step = TruthStep(truth)
+    manifest = rv.revise_dataset(ds, model_step=step, progress=False, log=lambda s: None, truth_folder=str(truth))
+    assert tree_digest(ds / "labelsTr_imperfect") == originals
+    for i in range(6):
+        case = f"toy_{i:03d}.png"
+        ref = ds / "labelsTr_clean" / case if i < 2 else truth / case
+        np.testing.assert_array_equal(_read(ds / "labelsTr" / case), _read(ref))
+    on_disk = json.loads((ds / "labelsTr_revision.json").read_text())
+    assert on_disk == manifest and on_disk["mode"] == "in_place" and on_disk["model"] == {"fake": True}
+    assert {c: r["source"] for c, r in on_disk["cases"].items()} == {
+        **{f"toy_{i:03d}": "clean" for i in range(2)}, **{f"toy_{i:03d}": "revised" for i in range(2, 6)}}
+    # imperfect = dilation of the truth, so the revision only removes voxels: pure over-annotation
+    nmap = _read(ds / "noise_maps" / "toy_003.png")
+    expected = rv.noise_map(_read(ds / "labelsTr_imperfect" / "toy_003.png"), _read(truth / "toy_003.png"))
+    np.testing.assert_array_equal(nmap, expected)
+    assert set(np.unique(nmap)) == {0, 1}
+    assert on_disk["cases"]["toy_003"]["fraction_over"] > 0 and on_disk["cases"]["toy_003"]["fraction_under"] == 0
+    assert not list(ds.glob("*.tmp-*")) and not list(ds.glob("*.old-*"))
+    # the report says the revision is closer to the truth, and draws the overlays
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert rep["mean"]["dice_revised"] == pytest.approx(1.0)
+    assert rep["mean"]["dice_imperfect"] < 0.9
+    assert rep["mean"]["hd95_revised"] == 0.0 and rep["mean"]["hd95_imperfect"] >= 1.0
+    assert len(rep["overlays"]) >= 2
+    assert all((ds / "labelsTr_revision_report" / p).stat().st_size > 1000 for p in rep["overlays"])
+    assert (ds / "labelsTr_revision_report" / "report.csv").read_text().count("\n") == 7
+
+
+def test_rerun_starts_from_preserved_originals(toy2d):
+    ds, truth = toy2d
+    originals = tree_digest(ds / "labelsTr")
+    rv.revise_dataset(ds, model_step=TruthStep(truth), progress=False, log=lambda s: None, report=False)
+    step = TruthStep(truth)
+    rv.revise_dataset(ds, model_step=step, progress=False, log=lambda s: None, report=False)
+    assert tree_digest(ds / "labelsTr_imperfect") == originals
+    # the second run fed the network the ORIGINAL imperfect label, not the first run's revision
+    imperfect = _read(ds / "labelsTr_imperfect" / "toy_004.png")
+    np.testing.assert_array_equal(step.seen_label_channels["toy_004"][0].squeeze(), (imperfect == 1))
+    assert not np.array_equal(imperfect, _read(ds / "labelsTr" / "toy_004.png"))
+
+
+@pytest.mark.parametrize("failure", ["model_raises", "interrupt_before_swap", "bad_prediction_shape"])
+def test_failed_run_leaves_labels_untouched(toy2d, failure, monkeypatch):
+    ds, truth = toy2d
+    before = tree_digest(ds / "labelsTr")
+    if failure == "model_raises":
+        step, exc = TruthStep(truth, fail=RuntimeError("training diverged")), RuntimeError
+    elif failure == "bad_prediction_shape":
+        step, exc = TruthStep(truth, bad_shape=True), RuntimeError
+    else:
+        step, exc = TruthStep(truth), KeyboardInterrupt
+        real = rv.swap_in_folder
+
+        def interrupted(tmp, target):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(rv, "swap_in_folder", interrupted)
+    with pytest.raises(exc):
+        rv.revise_dataset(ds, model_step=step, progress=False, log=lambda s: None)
+    assert tree_digest(ds / "labelsTr") == before
+    assert tree_digest(ds / "labelsTr_imperfect") == before
+    assert not (ds / "labelsTr_revision.json").exists() and not (ds / "noise_maps").exists()
+    assert not list(ds.glob("*.tmp-*"))
+    if failure == "interrupt_before_swap":
+        monkeypatch.setattr(rv, "swap_in_folder", real)
+    # a later successful run works from the preserved originals
+    rv.revise_dataset(ds, model_step=TruthStep(truth), progress=False, log=lambda s: None, report=False)
+    np.testing.assert_array_equal(_read(ds / "labelsTr" / "toy_005.png"), _read(truth / "toy_005.png"))
+
+
+def test_cli_failure_exit_code(toy2d, monkeypatch, capsys):
+    ds, truth = toy2d
+    before = tree_digest(ds / "labelsTr")
+    monkeypatch.setattr(rv, "NnUNetModelStep", lambda **kw: TruthStep(truth, fail=RuntimeError("boom")))
+    assert main(["-d", str(ds), "--no_pbar", "-device", "cpu"]) == 1
+    assert "labelsTr/ was not changed" in capsys.readouterr().err
+    assert tree_digest(ds / "labelsTr") == before
+
+
+def test_interrupted_swap_is_recovered(toy2d):
+    ds, truth = toy2d
+    before = tree_digest(ds / "labelsTr")
+    # die between the two renames of a swap: labelsTr moved aside, new one not yet in place
+    os.rename(ds / "labelsTr", ds / "labelsTr.old-deadbeef")
+    (ds / "labelsTr.tmp-cafebabe").mkdir()
+    done = rv.recover_interrupted_swap(ds)
+    assert any("restored labelsTr" in d for d in done)
+    assert tree_digest(ds / "labelsTr") == before and not list(ds.glob("labelsTr.*"))
+
+
+def test_output_dataset_mode_leaves_source_untouched(toy2d, tmp_path):
+    ds, truth = toy2d
+    before = tree_digest(ds)
+    rv.revise_dataset(ds, model_step=TruthStep(truth), output_dataset="Dataset102_ToyRevised", progress=False,
+                      log=lambda s: None, report=False)
+    assert tree_digest(ds) == before
+    out = tmp_path / "raw" / "Dataset102_ToyRevised"
+    assert json.loads((out / "dataset.json").read_text())["name"] == "Dataset102_ToyRevised"
+    assert tree_digest(out / "labelsTr_imperfect") == tree_digest(ds / "labelsTr")
+    assert tree_digest(out / "labelsTr_clean") == tree_digest(ds / "labelsTr_clean")
+    assert tree_digest(out / "imagesTr") == tree_digest(ds / "imagesTr")
+    np.testing.assert_array_equal(_read(out / "labelsTr" / "toy_002.png"), _read(truth / "toy_002.png"))
+    assert json.loads((out / "labelsTr_revision.json").read_text())["mode"] == "new_dataset"
+    with pytest.raises(ValueError, match="already exists"):
+        rv.revise_dataset(ds, model_step=TruthStep(truth), output_dataset="Dataset102_ToyRevised",
+                          progress=False, log=lambda s: None)
+
+
+def test_report_without_truth_ranks_by_change(toy2d):
+    from nnunet_noisylabels.evaluation.revision_report import write_revision_report
+
+    ds, truth = toy2d
+    rv.revise_dataset(ds, model_step=TruthStep(truth), progress=False, log=lambda s: None, report=False)
+    rep = write_revision_report(ds, num_overlays=1)
+    assert rep["mean"]["dice_revised"] is None and rep["ranked_by"].startswith("fraction changed")
+    assert rep["mean"]["num_cases"] == 4
+    assert rep["cases"]["toy_000"]["source"] == "clean"
+    assert len(rep["overlays"]) == 2 and "|" in (ds / "labelsTr_revision_report" / "report.md").read_text()
+    # later, with the truth at hand, from the command line
+    labels_before = tree_digest(ds / "labelsTr")
+    assert main(["-d", str(ds), "--report_only", "--truth", str(truth), "--no_pbar"]) == 0
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert rep["mean"]["dice_revised"] == pytest.approx(1.0) and tree_digest(ds / "labelsTr") == labels_before
+
+
+def test_branch_wrapper_turns_noise_branch_into_binary_segmentation():
+    import torch
+
+    K = 3
+
+    class FakeNIN(torch.nn.Module):
+        eval_output = "fused"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            assert self.eval_output == "branches"
+            b = x.shape[0]
+            revised = torch.zeros(b, K, 2, 2)
+            over = torch.tensor([[[5., 5.], [5., 5.]], [[2., -1.], [-3., -4.]], [[-2., -1.], [-3., 1.]]])
+            under = torch.tensor([[[5., 5.], [5., 5.]], [[-2., -1.], [-3., -4.]], [[-2., -1.], [-3., -4.]]])
+            return torch.cat([revised, over.expand(b, -1, -1, -1), under.expand(b, -1, -1, -1)], dim=1)
+
+    net = FakeNIN()
+    over = rv._BranchAsBinarySegmentation(net, 1, K)
+    out = over(torch.zeros(2, 1, 2, 2))
+    assert out.shape == (2, K, 2, 2) and net.eval_output == "fused"
+    # flagged where any FOREGROUND channel's logit > 0 (the background channel's 5 is ignored)
+    np.testing.assert_array_equal(out.argmax(1)[0].numpy(), [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(rv._BranchAsBinarySegmentation(net, 2, K)(torch.zeros(1, 1, 2, 2)).argmax(1)[0],
+                                  [[0, 0], [0, 0]])
+    # the predictor loads checkpoints into the wrapper: they must land in the wrapped network
+    over.load_state_dict({"w": torch.ones(1)})
+    assert net.w.item() == 1.0
+
+
+def test_branch_noise_maps_are_saved_for_revised_cases(toy2d):
+    ds, truth = toy2d
+
+    class BranchStep(TruthStep):
+        def __call__(self, aux, out):
+            info = super().__call__(aux, out)
+            folder = aux.folder / "noise_branches" / "combined"
+            folder.mkdir(parents=True)
+            for c in aux.predict_ids:
+                code = np.zeros((32, 32), np.uint8)
+                code[:4] = rv.NOISE_OVER
+                code[4:6] = rv.NOISE_SWAP
+                _write_png(code, folder / f"{c}.png")
+            return {**info, "branch_noise_maps": str(folder)}
+
+    manifest = rv.revise_dataset(ds, model_step=BranchStep(truth), progress=False, log=lambda s: None,
+                                 truth_folder=str(truth))
+    assert manifest["noise_maps_from"].startswith("network over/under branches")
+    nm = _read(ds / "noise_maps" / "toy_004.png")
+    assert (nm[:4] == 1).all() and (nm[4:6] == 3).all() and (nm[6:] == 0).all()
+    case = manifest["cases"]["toy_004"]
+    assert case["noise_map_from"] == "branches"
+    assert case["branch_fraction_over"] == pytest.approx(6 / 32) and case["branch_fraction_under"] == pytest.approx(
+        2 / 32)
+    # clean cases keep the true noise (imperfect vs clean)
+    assert manifest["cases"]["toy_000"]["noise_map_from"] == "difference"
+    np.testing.assert_array_equal(_read(ds / "noise_maps" / "toy_000.png"), rv.noise_map(
+        _read(ds / "labelsTr_imperfect" / "toy_000.png"), _read(ds / "labelsTr_clean" / "toy_000.png")))
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert rep["cases"]["toy_004"]["flagged_over"] == pytest.approx(6 / 32)
+    assert rep["cases"]["toy_004"]["fraction_over"] != rep["cases"]["toy_004"]["flagged_over"]
+
+
+def test_revise_3d_multiclass_in_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    ds, truth = make_dataset(tmp_path / "raw", dim=3, n_cases=4, n_clean=1, num_classes=3)
+    originals = tree_digest(ds / "labelsTr")
+    manifest = rv.revise_dataset(ds, model_step=TruthStep(truth), progress=False, log=lambda s: None,
+                                 truth_folder=str(truth))
+    assert tree_digest(ds / "labelsTr_imperfect") == originals
+    for i in range(1, 4):
+        np.testing.assert_array_equal(_read(ds / "labelsTr" / f"toy_{i:03d}.nii.gz"),
+                                      _read(truth / f"toy_{i:03d}.nii.gz"))
+    # the revised files keep the geometry of the originals
+    import SimpleITK as sitk
+
+    a, b = (sitk.ReadImage(str(ds / d / "toy_002.nii.gz")) for d in ("labelsTr", "labelsTr_imperfect"))
+    assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+    assert manifest["cases"]["toy_002"]["fraction_over"] > 0
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert set(rep["cases"]["toy_002"]["dice_revised_per_class"]) == {"1", "2"}
+    assert rep["mean"]["dice_revised"] == pytest.approx(1.0) and rep["mean"]["dice_imperfect"] < 0.9
+    assert rep["overlays"]
+
+
+def test_geometry_mismatch_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    ds, _ = make_dataset(tmp_path / "raw", dim=3, n_cases=3, n_clean=1)
+    clean = _read(ds / "labelsTr_clean" / "toy_000.nii.gz")
+    _write_nii(clean, ds / "labelsTr_clean" / "toy_000.nii.gz", spacing=(2.0, 1.0, 1.0))
+    before = tree_digest(ds)
+    with pytest.raises(ValueError, match="differ in geometry"):
+        rv.validate_inputs(ds)
+    assert main(["-d", str(ds), "--no_pbar"]) == 2 and tree_digest(ds) == before
+
+
+@pytest.mark.parametrize("method, argv, expected", [
+    ("nin", [], {"trainer": "NoiseIdentificationTrainer", "configuration": None, "fold": "all"}),
+    ("clean_only", [], {"trainer": "nnUNetTrainer"}),
+    ("nin", ["-tr", "NoiseIdentificationTrainer_5epochs", "-c", "2d", "-np", "2"],
+     {"trainer": "NoiseIdentificationTrainer_5epochs", "configuration": "2d", "num_processes": 2}),
+])
+def test_cli_passes_options_to_model_step(toy2d, monkeypatch, method, argv, expected):
+    ds, truth = toy2d
+    seen = {}
+
+    def fake_step(**kwargs):
+        seen.update(kwargs)
+        return TruthStep(truth)
+
+    monkeypatch.setattr(rv, "NnUNetModelStep", fake_step)
+    assert main(["-d", ds.name, "--method", method, "-device", "cpu", "--no_pbar", "--no_report"] + argv) == 0
+    assert {k: seen[k] for k in expected} == expected and seen["dimensionality"] == 2
+    assert json.loads((ds / "labelsTr_revision.json").read_text())["method"] == method
+    aux = "Dataset500_ToyNIN" if method == "nin" else "Dataset500_ToyNLclean"
+    assert (ds.parent / aux / "dataset.json").is_file()
+
+
+def test_fold_other_than_all_needs_five_clean_pairs(toy2d):
+    ds, truth = toy2d
+    with pytest.raises(ValueError, match="use -f all"):
+        rv.revise_dataset(ds, model_step=TruthStep(truth), fold="0", progress=False, log=lambda s: None)
+    assert not (ds / "labelsTr_imperfect").exists()
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+@pytest.mark.parametrize("method, trainer, dim, num_classes", [
+    ("nin", "NoiseIdentificationTrainer_debug", 2, 2),
+    ("clean_only", "nnUNetTrainer_NLdebug", 3, 3),
+])
+def test_end_to_end_through_nnunet(nnunet_env, method, trainer, dim, num_classes, tmp_path):
+    """Plan, preprocess, train (a few iterations) and predict through nnU-Net, then check the outcome on disk."""
+    import torch
+
+    torch.set_num_threads(1)
+    raw = Path(nnunet_env["nnUNet_raw"])
+    ds, truth = make_dataset(raw, dim=dim, n_cases=5, n_clean=2, num_classes=num_classes, name="Dataset111_E2E")
+    originals = tree_digest(ds / "labelsTr")
+    rc = main(["-d", "111", "--method", method, "-tr", trainer, "-device", "cpu", "--no_pbar",
+               "--truth", str(truth)])
+    assert rc == 0
+    aux_name = "Dataset500_E2E" + ("NIN" if method == "nin" else "NLclean")
+    assert (raw / aux_name / "dataset.json").is_file()
+    config = "2d" if dim == 2 else "3d_fullres"
+    model = Path(nnunet_env["nnUNet_results"]) / aux_name / f"{trainer}__nnUNetPlans__{config}"
+    assert (model / "fold_all" / "checkpoint_final.pth").is_file()
+    assert tree_digest(ds / "labelsTr_imperfect") == originals
+    manifest = json.loads((ds / "labelsTr_revision.json").read_text())
+    assert manifest["method"] == method and manifest["model"]["trainer"] == trainer
+    assert manifest["model"]["configuration"] == config and manifest["aux_dataset"] == aux_name
+    # the noise identification network has over/under branches: its noise maps are saved; plain nnU-Net has none
+    assert manifest["noise_maps_from"].startswith("network" if method == "nin" else "difference")
+    assert sorted(p.name for p in (ds / "noise_maps").iterdir()) == sorted(
+        p.name for p in (ds / "labelsTr").iterdir())
+    fe = ".png" if dim == 2 else ".nii.gz"
+    for i in range(5):
+        lab = _read(ds / "labelsTr" / f"toy_{i:03d}{fe}")
+        assert lab.shape == _read(truth / f"toy_{i:03d}{fe}").shape and lab.max() < num_classes
+        if i < 2:
+            np.testing.assert_array_equal(lab, _read(ds / "labelsTr_clean" / f"toy_{i:03d}{fe}"))
+    rep = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())
+    assert rep["mean"]["num_with_truth"] == 3 and rep["mean"]["dice_imperfect"] is not None
+    # reuse the trained model on a fresh copy: no training, same predictions
+    copy = raw / "Dataset112_E2Ecopy"
+    shutil.copytree(ds, copy, ignore=shutil.ignore_patterns("labelsTr", "labelsTr_revision*", "noise_maps"))
+    os.rename(copy / "labelsTr_imperfect", copy / "labelsTr")
+    assert main(["-d", "112", "--method", method, "--model", str(model), "-device", "cpu", "--no_pbar",
+                 "--no_report"]) == 0
+    assert json.loads((copy / "labelsTr_revision.json").read_text())["model"]["trained_here"] is False
+    assert tree_digest(copy / "labelsTr") == tree_digest(ds / "labelsTr")
+
+
+@pytest.mark.slow
+def test_revision_moves_labels_closer_to_truth(nnunet_env, tmp_path, monkeypatch):
+    """A short real training of the noise identification network on 3 clean pairs of systematically dilated labels
+    must bring the revised labels measurably closer to the truth than the imperfect ones."""
+    import torch
+
+    torch.set_num_threads(1)
+    ext = tmp_path / "ext_trainers"
+    ext.mkdir()
+    (ext / "revision_test_trainers.py").write_text(
+        "from nnunet_noisylabels.trainers.budget import BudgetMixin\n"
+        "from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer\n\n\n"
+        "class NoiseIdentificationTrainer_revtest(BudgetMixin, NoiseIdentificationTrainer):\n"
+        "    budget_epochs = 2\n    budget_iterations = 20\n    budget_val_iterations = 1\n")
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([str(ext), os.environ["nnUNet_extTrainer"]]))
+    raw = Path(nnunet_env["nnUNet_raw"])
+    ds, truth = make_dataset(raw, dim=2, n_cases=8, n_clean=3, name="Dataset121_Closer")
+    assert main(["-d", "121", "-tr", "NoiseIdentificationTrainer_revtest", "-device", "cpu", "--no_pbar",
+                 "--truth", str(truth)]) == 0
+    mean = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())["mean"]
+    print("revision_closer_to_truth", {k: mean[k] for k in ("dice_imperfect", "dice_revised", "hd95_imperfect",
+                                                           "hd95_revised")})
+    assert mean["num_with_truth"] == 5
+    assert mean["dice_revised"] > mean["dice_imperfect"] + 0.05, mean
+    assert mean["hd95_revised"] < mean["hd95_imperfect"], mean
