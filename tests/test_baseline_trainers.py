@@ -217,3 +217,49 @@ def test_user_flow_crossvalidation_find_issues_then_clslr(planned, monkeypatch, 
         label = io.imread(planned["raw"] / "labelsTr" / f"{r['case']}.png")
         assert issue_map.shape == label.shape and int(issue_map.sum()) == r["num_issues"]
     _train({**env, "nnUNet_nl_issue_maps": str(out / "issue_maps")}, "nnUNetTrainerCLSLR_NLbudget", fold="1")
+
+
+@pytest.mark.slow
+def test_clslr_issue_maps_follow_transpose_and_resampling_in_3d(tmp_path, monkeypatch):
+    """Anisotropic 3D NIfTI with mixed spacings: nnU-Net transposes and resamples; the issue maps must follow."""
+    import SimpleITK as sitk
+
+    env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
+           "nnUNet_results": str(tmp_path / "res"), "nnUNet_extTrainer": ext_trainer_dir(), "nnUNet_compile": "0",
+           "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1"}
+    raw = write_synthetic_dataset(env["nnUNet_raw"], 992, name="NLBaselines3D", dim=3, num_cases=5, num_clean=0,
+                                  shape=(16, 20, 12))
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i, label in enumerate(sorted((raw / "labelsTr").glob("*.nii.gz"))):
+        # coarse last array axis (nnU-Net transposes it first); two spacings, so some cases are resampled
+        spacing_xyz = (2.5 + 0.75 * (i % 2), 1.0, 0.8)
+        image = raw / "imagesTr" / label.name.replace(".nii.gz", "_0000.nii.gz")
+        for path in (image, label):
+            img = sitk.ReadImage(str(path))
+            img.SetSpacing(spacing_xyz)
+            sitk.WriteImage(img, str(path))
+        sitk.WriteImage(sitk.ReadImage(str(label)), str(maps / label.name))
+    run([console_script("nnUNetv2_plan_and_preprocess"), "-d", "992", "-c", "3d_fullres", "-np", "1"], env)
+    pre = tmp_path / "pre" / "Dataset992_NLBaselines3D"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    assert plans["transpose_forward"] != [0, 1, 2]
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+    monkeypatch.setenv("nnUNet_nl_issue_maps", str(maps))
+    from nnunet_noisylabels.trainers.baselines import nnUNetTrainerCLSLR
+
+    plans["continue_training"] = False
+    trainer = nnUNetTrainerCLSLR(plans, "3d_fullres", 0, json.loads((pre / "dataset.json").read_text()),
+                                 torch.device("cpu"))
+    trainer.output_folder = str(tmp_path / "out")
+    os.makedirs(trainer.output_folder)
+    folder = trainer.prepare_issue_maps()
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, None,
+                                    folder_with_segs_from_previous_stage=folder)
+    resampled = 0
+    for case in dataset.identifiers:
+        _, seg, seg_prev, props = dataset.load_case(case)
+        resampled += tuple(seg.shape[1:]) != tuple(props["shape_after_cropping_and_before_resampling"])
+        np.testing.assert_array_equal(np.asarray(seg_prev), np.asarray(seg[0]) > 0)
+    assert resampled > 0
