@@ -53,6 +53,7 @@ setup(
             "nnUNetv2_nl_demo = nnunet_noisylabels.cli.demo:main",
             "nnUNetv2_nl_corrupt = nnunet_noisylabels.cli.corrupt:main",
             "nnUNetv2_nl_revise = nnunet_noisylabels.cli.revise:main",
+            "nnUNetv2_nl_export = nnunet_noisylabels.cli.export:main",
         ],
     },
     cmdclass={"build_py": build_py_with_pth},
