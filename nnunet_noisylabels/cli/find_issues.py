@@ -1,0 +1,237 @@
+"""``nnUNetv2_nl_find_issues``: rank training cases and voxels by label quality (confident learning).
+
+Needs out-of-fold probabilities: train the five folds with ``nnUNetv2_train DATASET CONFIG FOLD --npz`` (any
+trainer), then point this command at the results folder (``-i``, or ``-d``/``-c``/``-tr``/``-p`` as nnU-Net spells
+them). It writes into the output folder (default ``$nnUNet_preprocessed/<dataset>/label_issues``, where
+``nnUNetTrainerCLSLR`` looks for it):
+
+- ``label_issues.csv`` and ``label_issues.json``: one row per case, worst label quality first (hand the top of the
+  list to an annotator), plus the per-class thresholds;
+- ``issue_maps/<case><file_ending>``: per-case label files, 1 where the given label is likely wrong, 0 elsewhere,
+  in the geometry of the case's label file.
+
+Labels are only read, never modified.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from datetime import datetime, timezone
+from glob import glob
+from os.path import basename, isdir, isfile, join
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_noisylabels.preprocessing.label_issues import (
+    METHODS,
+    ClassThresholds,
+    case_quality,
+    find_label_issues,
+    rank_cases,
+)
+from nnunet_noisylabels.utilities.raw_dataset import read_label, write_label_atomic
+
+COLUMNS = ("rank", "case", "label_quality", "num_issues", "issue_fraction", "issue_fraction_roi",
+           "mean_self_confidence", "dice_given_vs_predicted", "fold")
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _atomic_write_text(text: str, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=basename(path))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def resolve_results_folder(dataset: str, configuration: str, trainer: str = "nnUNetTrainer",
+                           plans: str = "nnUNetPlans") -> str:
+    """Find ``$nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>`` from a dataset id or name."""
+    root = os.environ.get("nnUNet_results")
+    if not root or not isdir(root):
+        raise FileNotFoundError("nnUNet_results is not set or does not exist; set it or pass the results folder "
+                                "with -i.")
+    if dataset.isdigit():
+        matches = sorted(d for d in os.listdir(root) if re.fullmatch(rf"Dataset{int(dataset):03d}_.+", d))
+        if len(matches) != 1:
+            raise FileNotFoundError(f"Expected one folder Dataset{int(dataset):03d}_* in {root}, found {matches}.")
+        dataset = matches[0]
+    folder = join(root, dataset, f"{trainer}__{plans}__{configuration}")
+    if not isdir(folder):
+        raise FileNotFoundError(f"No results folder {folder}. Train the folds first: nnUNetv2_train {dataset} "
+                                f"{configuration} FOLD -tr {trainer} -p {plans} --npz")
+    return folder
+
+
+def collect_validation_probabilities(results_folder: str, folds: list[str] | None = None) -> dict[str, tuple[str, str]]:
+    """Map case id -> (fold, path of ``validation/<case>.npz``) over the cross-validation folds.
+
+    Only numbered folds count: fold ``all`` validates on its own training cases, so its probabilities are not
+    out-of-sample.
+    """
+    if folds is None:
+        folds = sorted(re.fullmatch(r"fold_(\d+)", d).group(1) for d in os.listdir(results_folder)
+                       if re.fullmatch(r"fold_(\d+)", d) and isdir(join(results_folder, d)))
+    if any(f == "all" for f in folds):
+        raise ValueError("Fold 'all' validates on its own training data, so its probabilities are not out-of-fold; "
+                         "use the cross-validation folds 0-4.")
+    found: dict[str, tuple[str, str]] = {}
+    for fold in folds:
+        val = join(results_folder, f"fold_{fold}", "validation")
+        files = sorted(glob(join(val, "*.npz")))
+        if not files:
+            raise FileNotFoundError(f"No probabilities in {val}. Run the validation with exported probabilities: "
+                                    f"nnUNetv2_train ... {fold} --val --npz (or train with --npz).")
+        for path in files:
+            case = basename(path)[:-len(".npz")]
+            if case in found:
+                raise ValueError(f"Case {case} has validation probabilities in fold {found[case][0]} and fold "
+                                 f"{fold}; the folds must not overlap (use nnU-Net's splits_final.json).")
+            found[case] = (fold, path)
+    if not found:
+        raise FileNotFoundError(f"No fold_<n>/validation/*.npz found in {results_folder}. Train with "
+                                f"nnUNetv2_train DATASET CONFIG FOLD --npz for folds 0-4 first.")
+    return found
+
+
+def find_issues(results_folder: str, labels_folder: str | None = None, output_folder: str | None = None,
+                folds: list[str] | None = None, method: str = "confident_learning",
+                show_progress: bool = True) -> list[dict]:
+    """Score every case with out-of-fold probabilities and write the ranked table and the issue maps.
+
+    Args:
+        results_folder: ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>``.
+        labels_folder: the (noisy) labels the folds were trained on; default ``$nnUNet_raw/<dataset>/labelsTr``.
+        output_folder: default ``$nnUNet_preprocessed/<dataset>/label_issues``.
+        folds: folds to read (default: every ``fold_<n>`` present).
+        method: see :func:`nnunet_noisylabels.preprocessing.label_issues.find_label_issues`.
+        show_progress: tqdm progress bars.
+
+    Returns:
+        The table rows, worst case first.
+    """
+    if not isdir(results_folder):
+        raise FileNotFoundError(f"Results folder {results_folder} does not exist.")
+    for f in ("dataset.json", "plans.json"):
+        if not isfile(join(results_folder, f)):
+            raise FileNotFoundError(f"{join(results_folder, f)} is missing; -i must be an nnU-Net results folder "
+                                    f"(<trainer>__<plans>__<configuration>).")
+    dataset_json = _read_json(join(results_folder, "dataset.json"))
+    dataset_name = _read_json(join(results_folder, "plans.json"))["dataset_name"]
+    file_ending = dataset_json["file_ending"]
+    ignore_label = dataset_json["labels"].get("ignore")
+    num_classes = len([v for k, v in dataset_json["labels"].items() if k != "ignore"])
+
+    if labels_folder is None:
+        if not os.environ.get("nnUNet_raw"):
+            raise FileNotFoundError("nnUNet_raw is not set; pass the label folder with -l.")
+        labels_folder = join(os.environ["nnUNet_raw"], dataset_name, "labelsTr")
+    if not isdir(labels_folder):
+        raise FileNotFoundError(f"Label folder {labels_folder} does not exist.")
+    if output_folder is None:
+        if not os.environ.get("nnUNet_preprocessed"):
+            raise FileNotFoundError("nnUNet_preprocessed is not set; pass the output folder with -o.")
+        output_folder = join(os.environ["nnUNet_preprocessed"], dataset_name, "label_issues")
+
+    probs_files = collect_validation_probabilities(results_folder, folds)
+    label_files = {c: join(labels_folder, c + file_ending) for c in probs_files}
+    missing = [c for c, p in label_files.items() if not isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"No label file for {len(missing)} case(s) with probabilities, e.g. "
+                                f"{label_files[missing[0]]}. Is -l the labelsTr the folds were trained on?")
+    def load(case):
+        probs = np.load(probs_files[case][1])["probabilities"]
+        seg, props = read_label(label_files[case], dataset_json)
+        if probs.shape[0] != num_classes:
+            raise ValueError(f"{probs_files[case][1]} has {probs.shape[0]} classes, dataset.json {num_classes}.")
+        if seg.shape != probs.shape[1:]:
+            raise ValueError(f"Label {label_files[case]} has shape {seg.shape} but its probabilities "
+                             f"{probs.shape[1:]}; were the folds trained on these labels?")
+        return probs, seg, props
+
+    cases = sorted(probs_files)
+    # pass 1: dataset-wide per-class thresholds (streamed so 3D datasets need one case in memory at a time)
+    acc = ClassThresholds(num_classes, ignore_label)
+    for case in tqdm(cases, desc="thresholds", disable=not show_progress):
+        probs, seg, _ = load(case)
+        acc.update(probs, seg)
+    thresholds = acc.thresholds()
+
+    # pass 2: issue maps and per-case scores
+    maps_folder = join(output_folder, "issue_maps")
+    os.makedirs(maps_folder, exist_ok=True)
+    scores = {}
+    for case in tqdm(cases, desc="issues", disable=not show_progress):
+        probs, seg, props = load(case)
+        issues = find_label_issues(probs, seg, thresholds, method=method, ignore_label=ignore_label)
+        scores[case] = case_quality(probs, seg, issues, ignore_label=ignore_label)
+        write_label_atomic(issues.astype(np.uint8), join(maps_folder, case + file_ending), props, dataset_json)
+
+    rows = []
+    for rank, case in enumerate(rank_cases(scores), start=1):
+        rows.append({"rank": rank, "case": case, **scores[case], "fold": probs_files[case][0]})
+    unscored = sorted(basename(p)[:-len(file_ending)] for p in glob(join(labels_folder, "*" + file_ending))
+                      if basename(p)[:-len(file_ending)] not in scores)
+
+    lines = [",".join(COLUMNS)]
+    for r in rows:
+        lines.append(",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS))
+    _atomic_write_text("\n".join(lines) + "\n", join(output_folder, "label_issues.csv"))
+    summary = {
+        "method": method,
+        "reference": "Northcutt et al. JAIR 2021; Zhang et al. MICCAI 2020",
+        "results_folder": os.path.abspath(results_folder),
+        "labels_folder": os.path.abspath(labels_folder),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "class_thresholds": {str(k): (None if np.isinf(t) else float(t)) for k, t in enumerate(thresholds)},
+        "sort_key": "label_quality (ascending: worst first)",
+        "unscored_cases": unscored,
+        "cases": rows,
+    }
+    _atomic_write_text(json.dumps(summary, indent=2), join(output_folder, "label_issues.json"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_nl_find_issues",
+        description="Rank training cases and voxels by label quality with confident learning on out-of-fold "
+                    "probabilities from nnU-Net's 5-fold cross-validation (nnUNetv2_train ... --npz).")
+    parser.add_argument("-i", "--input", help="results folder <trainer>__<plans>__<configuration> (or use -d/-c)")
+    parser.add_argument("-d", help="dataset name or id (with -c, -tr, -p instead of -i)")
+    parser.add_argument("-c", help="configuration, e.g. 2d or 3d_fullres")
+    parser.add_argument("-tr", default="nnUNetTrainer", help="trainer of the cross-validation (default nnUNetTrainer)")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("-f", nargs="+", default=None, help="folds to read (default: all fold_<n> present)")
+    parser.add_argument("-l", "--labels", default=None, help="label folder (default $nnUNet_raw/<dataset>/labelsTr)")
+    parser.add_argument("-o", "--output", default=None,
+                        help="output folder (default $nnUNet_preprocessed/<dataset>/label_issues)")
+    parser.add_argument("--method", default="confident_learning", choices=METHODS)
+    parser.add_argument("--top", type=int, default=10, help="print this many worst cases (default 10)")
+    parser.add_argument("--no_pbar", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        if args.input is None:
+            if args.d is None or args.c is None:
+                parser.error("give the results folder with -i, or the dataset and configuration with -d and -c")
+            args.input = resolve_results_folder(args.d, args.c, args.tr, args.p)
+        rows = find_issues(args.input, args.labels, args.output, args.f, args.method, not args.no_pbar)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"nnUNetv2_nl_find_issues: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{'rank':>4}  {'case':<24} {'quality':>8} {'issues':>8}")
+    for r in rows[:args.top]:
+        print(f"{r['rank']:>4}  {r['case']:<24} {r['label_quality']:>8.4f} {r['num_issues']:>8d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
