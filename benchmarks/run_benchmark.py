@@ -152,7 +152,12 @@ class Runner:
     def corrupt(self) -> None:
         if self.folder("noisy").is_dir():
             return
-        proto = PROTOCOLS[self.args.protocol] + self.args.corrupt_extra
+        proto = list(PROTOCOLS[self.args.protocol])
+        if self.args.protocol == "markov" and self.args.size:
+            # T=180 steps is the protocol at JSRT's 256 px; each step moves the boundary by about one pixel, so the
+            # same physical noise at a lower resolution takes proportionally fewer steps
+            proto[proto.index("T=180")] = f"T={round(180 * self.args.size / 256)}"
+        proto += self.args.corrupt_extra
         self.sh([str(self.bin / "nnUNetv2_nl_corrupt"), "-d", str(self.ids["source"]), "-o", str(self.ids["noisy"]),
                  "--name", f"{self.folder('source').name[11:]}_{self.args.protocol}", *proto,
                  "--clean_fraction", str(self.args.clean_fraction), "--seed", str(self.args.seed), "--no_pbar"],
