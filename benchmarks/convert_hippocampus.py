@@ -16,14 +16,16 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # also when loaded by file path (tests) rather than run as a script
+    sys.path.insert(0, str(HERE))
+from raw_output import output_folder_for, split_cases, staged_dataset  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}
@@ -38,27 +40,11 @@ def convert(data: Path, dataset_id: int, name: str = "Hippocampus", num_test: in
     if not (src / "images").is_dir() or not (src / "labels").is_dir():
         raise FileNotFoundError(f"{src}/images or {src}/labels not found; pass --data pointing to the folder "
                                 f"holding hippocampus/")
-    if output_folder is None:
-        raw = os.environ.get("nnUNet_raw")
-        if not raw:
-            raise ValueError("set nnUNet_raw or pass --output_folder")
-        output_folder = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
-    output_folder = Path(output_folder)
-    if output_folder.exists() and not overwrite:
-        raise FileExistsError(f"{output_folder} exists; pass --overwrite to replace it")
+    output_folder = output_folder_for(dataset_id, name, output_folder, overwrite)
     cases = sorted(p.name[: -len(".nii.gz")] for p in (src / "images").glob("*.nii.gz"))
-    if num_cases:
-        cases = cases[:num_cases]
-    if num_test < 0 or num_test >= len(cases):
-        raise ValueError(f"--num_test must be in [0, {len(cases) - 1}], got {num_test}")
-    rng = np.random.default_rng(seed)
-    test = set(rng.choice(cases, size=num_test, replace=False).tolist()) if num_test else set()
+    cases, test = split_cases(cases, num_cases, num_test, seed)
 
-    output_folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{output_folder.name}_", dir=output_folder.parent))
-    try:
-        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test else ()):
-            (tmp / sub).mkdir()
+    with staged_dataset(output_folder, with_test=bool(test)) as tmp:
         for case in cases:
             lab_path = src / "labels" / f"{case}.nii.gz"
             if not lab_path.is_file():
@@ -81,12 +67,6 @@ def convert(data: Path, dataset_id: int, name: str = "Hippocampus", num_test: in
             reference="Medical Segmentation Decathlon Task04 (Simpson et al. 2019; Antonelli et al. 2022)",
             license="CC-BY-SA 4.0", converted_by="benchmarks/convert_hippocampus.py",
             description="Hippocampus head (anterior) and body (posterior), T1 MRI")
-        if output_folder.exists():
-            shutil.rmtree(output_folder)
-        tmp.rename(output_folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_folder
 
 
