@@ -25,7 +25,8 @@ import SimpleITK as sitk
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # also when loaded by file path (tests) rather than run as a script
     sys.path.insert(0, str(HERE))
-from raw_output import output_folder_for, split_cases, staged_dataset  # noqa: E402
+from raw_output import (add_split_and_output_arguments, output_folder_for, run_conversion,  # noqa: E402
+                        split_cases, staged_dataset)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}
@@ -74,22 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", "--dataset_id", type=int, required=True, help="id of the new nnU-Net dataset")
     parser.add_argument("--name", default="Hippocampus", help="dataset name (default Hippocampus)")
-    parser.add_argument("--num_test", type=int, default=0, help="cases held out in imagesTs/labelsTs")
-    parser.add_argument("--num_cases", type=int, default=None, help="use only the first N cases (quick tests)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test split")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder holding hippocampus/ (default ../shared/data)")
-    parser.add_argument("--output_folder", type=Path, default=None, help="default $nnUNet_raw/DatasetXXX_NAME")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_split_and_output_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        out = convert(args.data, args.dataset_id, args.name, args.num_test, args.seed, args.num_cases,
-                      args.output_folder, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return run_conversion(lambda: convert(args.data, args.dataset_id, args.name, args.num_test, args.seed,
+                                          args.num_cases, args.output_folder, args.overwrite))
 
 
 if __name__ == "__main__":

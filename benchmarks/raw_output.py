@@ -5,11 +5,13 @@ every case and ``dataset.json`` are written, so a failed run never leaves a half
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +60,23 @@ def staged_dataset(output_folder: Path, with_test: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def add_split_and_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The converters' common options: test split, case limit, seed, output folder, overwrite."""
+    parser.add_argument("--num_test", type=int, default=0, help="cases held out in imagesTs/labelsTs")
+    parser.add_argument("--num_cases", type=int, default=None, help="use only the first N cases (quick tests)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test split")
+    parser.add_argument("--output_folder", type=Path, default=None, help="default $nnUNet_raw/DatasetXXX_NAME")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def run_conversion(convert: Callable[[], Path]) -> int:
+    """Run a converter for a command line: print the folder written, or the error; return the exit status."""
+    try:
+        out = convert()
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
