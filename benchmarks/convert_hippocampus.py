@@ -16,14 +16,17 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # also when loaded by file path (tests) rather than run as a script
+    sys.path.insert(0, str(HERE))
+from raw_output import (add_split_and_output_arguments, output_folder_for, run_conversion,  # noqa: E402
+                        split_cases, staged_dataset)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}
@@ -38,27 +41,11 @@ def convert(data: Path, dataset_id: int, name: str = "Hippocampus", num_test: in
     if not (src / "images").is_dir() or not (src / "labels").is_dir():
         raise FileNotFoundError(f"{src}/images or {src}/labels not found; pass --data pointing to the folder "
                                 f"holding hippocampus/")
-    if output_folder is None:
-        raw = os.environ.get("nnUNet_raw")
-        if not raw:
-            raise ValueError("set nnUNet_raw or pass --output_folder")
-        output_folder = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
-    output_folder = Path(output_folder)
-    if output_folder.exists() and not overwrite:
-        raise FileExistsError(f"{output_folder} exists; pass --overwrite to replace it")
+    output_folder = output_folder_for(dataset_id, name, output_folder, overwrite)
     cases = sorted(p.name[: -len(".nii.gz")] for p in (src / "images").glob("*.nii.gz"))
-    if num_cases:
-        cases = cases[:num_cases]
-    if num_test < 0 or num_test >= len(cases):
-        raise ValueError(f"--num_test must be in [0, {len(cases) - 1}], got {num_test}")
-    rng = np.random.default_rng(seed)
-    test = set(rng.choice(cases, size=num_test, replace=False).tolist()) if num_test else set()
+    cases, test = split_cases(cases, num_cases, num_test, seed)
 
-    output_folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{output_folder.name}_", dir=output_folder.parent))
-    try:
-        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test else ()):
-            (tmp / sub).mkdir()
+    with staged_dataset(output_folder, with_test=bool(test)) as tmp:
         for case in cases:
             lab_path = src / "labels" / f"{case}.nii.gz"
             if not lab_path.is_file():
@@ -81,12 +68,6 @@ def convert(data: Path, dataset_id: int, name: str = "Hippocampus", num_test: in
             reference="Medical Segmentation Decathlon Task04 (Simpson et al. 2019; Antonelli et al. 2022)",
             license="CC-BY-SA 4.0", converted_by="benchmarks/convert_hippocampus.py",
             description="Hippocampus head (anterior) and body (posterior), T1 MRI")
-        if output_folder.exists():
-            shutil.rmtree(output_folder)
-        tmp.rename(output_folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_folder
 
 
@@ -94,22 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", "--dataset_id", type=int, required=True, help="id of the new nnU-Net dataset")
     parser.add_argument("--name", default="Hippocampus", help="dataset name (default Hippocampus)")
-    parser.add_argument("--num_test", type=int, default=0, help="cases held out in imagesTs/labelsTs")
-    parser.add_argument("--num_cases", type=int, default=None, help="use only the first N cases (quick tests)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test split")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder holding hippocampus/ (default ../shared/data)")
-    parser.add_argument("--output_folder", type=Path, default=None, help="default $nnUNet_raw/DatasetXXX_NAME")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_split_and_output_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        out = convert(args.data, args.dataset_id, args.name, args.num_test, args.seed, args.num_cases,
-                      args.output_folder, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return run_conversion(lambda: convert(args.data, args.dataset_id, args.name, args.num_test, args.seed,
+                                          args.num_cases, args.output_folder, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,18 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage.transform import resize
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # also when loaded by file path (tests) rather than run as a script
+    sys.path.insert(0, str(HERE))
+from raw_output import (add_split_and_output_arguments, output_folder_for, run_conversion,  # noqa: E402
+                        split_cases, staged_dataset)
 
 STRUCTURES = ("lung", "heart", "clavicle")  # painting order: later wins (clavicle > heart > lung)
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -71,27 +74,11 @@ def convert(data: Path, dataset_id: int, name: str, structures: list[str], size:
     jsrt = Path(data) / "jsrt"
     if not (jsrt / "images").is_dir():
         raise FileNotFoundError(f"{jsrt / 'images'} not found; pass --data pointing to the folder holding jsrt/")
-    if output_folder is None:
-        raw = os.environ.get("nnUNet_raw")
-        if not raw:
-            raise ValueError("set nnUNet_raw or pass --output_folder")
-        output_folder = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
-    output_folder = Path(output_folder)
-    if output_folder.exists() and not overwrite:
-        raise FileExistsError(f"{output_folder} exists; pass --overwrite to replace it")
+    output_folder = output_folder_for(dataset_id, name, output_folder, overwrite)
     cases = sorted(p.stem for p in (jsrt / "images").glob("*.png"))
-    if num_cases:
-        cases = cases[:num_cases]
-    if num_test < 0 or num_test >= len(cases):
-        raise ValueError(f"--num_test must be in [0, {len(cases) - 1}], got {num_test}")
-    rng = np.random.default_rng(seed)
-    test = set(rng.choice(cases, size=num_test, replace=False).tolist()) if num_test else set()
+    cases, test = split_cases(cases, num_cases, num_test, seed)
 
-    output_folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{output_folder.name}_", dir=output_folder.parent))
-    try:
-        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test else ()):
-            (tmp / sub).mkdir()
+    with staged_dataset(output_folder, with_test=bool(test)) as tmp:
         for case in cases:
             img = np.array(Image.open(jsrt / "images" / f"{case}.png").convert("L"))
             if size:
@@ -110,12 +97,6 @@ def convert(data: Path, dataset_id: int, name: str, structures: list[str], size:
             description=f"JSRT {'+'.join(structures)}"
                         + (f", downsampled to {size}x{size}" if size else "")
                         + ("; overlaps resolved clavicle > heart > lung" if len(structures) > 1 else ""))
-        if output_folder.exists():
-            shutil.rmtree(output_folder)
-        tmp.rename(output_folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_folder
 
 
@@ -126,23 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structures", default="lung", choices=list(STRUCTURES) + ["all"],
                         help="one structure (binary) or all (lung=1, heart=2, clavicle=3; clavicle > heart > lung)")
     parser.add_argument("--size", type=int, default=None, help="downsample to SIZE x SIZE (e.g. 128 or 64)")
-    parser.add_argument("--num_test", type=int, default=0, help="cases held out in imagesTs/labelsTs")
-    parser.add_argument("--num_cases", type=int, default=None, help="use only the first N cases (quick tests)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test split")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding jsrt/ (default ../shared/data)")
-    parser.add_argument("--output_folder", type=Path, default=None, help="default $nnUNet_raw/DatasetXXX_NAME")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_split_and_output_arguments(parser)
     args = parser.parse_args(argv)
     structures = list(STRUCTURES) if args.structures == "all" else [args.structures]
     name = args.name or "JSRT" + "".join(s.capitalize() for s in structures) + (str(args.size) if args.size else "")
-    try:
-        out = convert(args.data, args.dataset_id, name, structures, args.size, args.num_test, args.seed,
-                      args.num_cases, args.output_folder, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return run_conversion(lambda: convert(args.data, args.dataset_id, name, structures, args.size, args.num_test,
+                                          args.seed, args.num_cases, args.output_folder, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from scipy import ndimage
 from nnunet_noisylabels.cli.revise import main
 from nnunet_noisylabels.preprocessing import revision as rv
 from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices
+from nnunet_noisylabels.utilities.raw_dataset import reader_writer
 
 
 # ------------------------------------------------------------------------------------------------ synthetic data
@@ -92,7 +93,7 @@ class TruthStep:
         self.seen_label_channels = {}
         if aux.method == "nin":
             C, chans = label_channel_indices(aux.dataset_json)
-            rw = rv._reader_writer(aux.dataset_json, aux.images_ts / f"{aux.predict_ids[0]}_0000{fe}")
+            rw = reader_writer(aux.dataset_json, aux.images_ts / f"{aux.predict_ids[0]}_0000{fe}")
             for c in aux.predict_ids:
                 self.seen_label_channels[c] = [rw.read_seg(str(aux.images_ts / f"{c}_{i:04d}{fe}"))[0]
                                                for i in chans]

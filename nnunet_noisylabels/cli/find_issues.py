@@ -15,11 +15,9 @@ Labels are only read, never modified.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
-import tempfile
 from datetime import datetime, timezone
 from glob import glob
 from os.path import basename, isdir, isfile, join
@@ -34,22 +32,11 @@ from nnunet_noisylabels.preprocessing.label_issues import (
     find_label_issues,
     rank_cases,
 )
-from nnunet_noisylabels.utilities.raw_dataset import read_label, write_label_atomic
+from nnunet_noisylabels.utilities.raw_dataset import (load_json, read_label, write_json_atomic, write_label_atomic,
+                                                      write_text_atomic)
 
 COLUMNS = ("rank", "case", "label_quality", "num_issues", "issue_fraction", "issue_fraction_roi",
            "mean_self_confidence", "dice_given_vs_predicted", "fold")
-
-
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def _atomic_write_text(text: str, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=basename(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def resolve_results_folder(dataset: str, configuration: str, trainer: str = "nnUNetTrainer",
@@ -124,8 +111,8 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
         if not isfile(join(results_folder, f)):
             raise FileNotFoundError(f"{join(results_folder, f)} is missing; -i must be an nnU-Net results folder "
                                     f"(<trainer>__<plans>__<configuration>).")
-    dataset_json = _read_json(join(results_folder, "dataset.json"))
-    dataset_name = _read_json(join(results_folder, "plans.json"))["dataset_name"]
+    dataset_json = load_json(join(results_folder, "dataset.json"))
+    dataset_name = load_json(join(results_folder, "plans.json"))["dataset_name"]
     file_ending = dataset_json["file_ending"]
     ignore_label = dataset_json["labels"].get("ignore")
     num_classes = len([v for k, v in dataset_json["labels"].items() if k != "ignore"])
@@ -184,7 +171,7 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
     lines = [",".join(COLUMNS)]
     for r in rows:
         lines.append(",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS))
-    _atomic_write_text("\n".join(lines) + "\n", join(output_folder, "label_issues.csv"))
+    write_text_atomic("\n".join(lines) + "\n", join(output_folder, "label_issues.csv"))
     summary = {
         "method": method,
         "reference": "Northcutt et al. JAIR 2021; Zhang et al. MICCAI 2020",
@@ -196,7 +183,7 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
         "unscored_cases": unscored,
         "cases": rows,
     }
-    _atomic_write_text(json.dumps(summary, indent=2), join(output_folder, "label_issues.json"))
+    write_json_atomic(summary, join(output_folder, "label_issues.json"))
     return rows
 
 

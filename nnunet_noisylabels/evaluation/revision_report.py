@@ -16,8 +16,8 @@ import numpy as np
 
 from nnunet_noisylabels.evaluation.metrics import dice, hd95
 from nnunet_noisylabels.preprocessing.revision import (
-    MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR, _load_json, _progress, _reader_writer,
-    _write_json_atomic, noise_map, noise_statistics)
+    MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR, _progress, noise_map, noise_statistics)
+from nnunet_noisylabels.utilities.raw_dataset import load_json, reader_writer, write_json_atomic
 
 
 def _finite_mean(values) -> float | None:
@@ -145,8 +145,8 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     root = Path(dataset_root)
     if not (root / MANIFEST_NAME).is_file():
         raise FileNotFoundError(f"{root / MANIFEST_NAME} not found: run nnUNetv2_nl_revise on {root} first.")
-    manifest = _load_json(root / MANIFEST_NAME)
-    djson = _load_json(root / "dataset.json")
+    manifest = load_json(root / MANIFEST_NAME)
+    djson = load_json(root / "dataset.json")
     fe = djson["file_ending"]
     classes = sorted(int(v) for v in djson["labels"].values() if int(v) != 0)
     num_classes = len(classes) + 1
@@ -157,7 +157,7 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     out = Path(output_folder) if output_folder is not None else root / REPORT_DIR
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     cases = sorted(manifest["cases"])
-    rw = _reader_writer(djson, labels_dir / f"{cases[0]}{fe}")
+    rw = reader_writer(djson, labels_dir / f"{cases[0]}{fe}")
 
     rows: dict[str, dict] = {}
     for case_id in _progress(cases, "Revision report", progress):
@@ -221,7 +221,7 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     summary = {"dataset": root.name, "method": manifest.get("method"), "truth_folder": str(truth_dir)
                if truth_dir else None, "noise_maps_from": manifest.get("noise_maps_from"), "mean": mean,
                "cases": rows, "overlays": overlays, "ranked_by": kind}
-    _write_json_atomic(_json_safe(_stringify_keys(summary)), out / "report.json")
+    write_json_atomic(_json_safe(_stringify_keys(summary)), out / "report.json")
     _write_csv(rows, out / "report.csv")
     _write_markdown(summary, out / "report.md")
     return summary

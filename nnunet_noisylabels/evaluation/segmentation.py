@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nnunet_noisylabels.utilities.raw_dataset import reader_writer
+
 
 def evaluate_folder(folder_ref: str | os.PathLike, folder_pred: str | os.PathLike, dataset_json: dict,
                     output_file: str | os.PathLike | None = None, num_processes: int = 1) -> dict:
@@ -13,11 +15,10 @@ def evaluate_folder(folder_ref: str | os.PathLike, folder_pred: str | os.PathLik
     ``output_file`` (default: ``folder_pred/summary.json``).
     """
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     ending = dataset_json["file_ending"]
     example = next(p for p in Path(folder_ref).iterdir() if p.name.endswith(ending))
-    rw = determine_reader_writer_from_dataset_json(dataset_json, str(example), verbose=False)()
+    rw = reader_writer(dataset_json, example)
     labels = sorted(int(v) for k, v in dataset_json["labels"].items() if k not in ("background", "ignore"))
     output_file = str(output_file or Path(folder_pred) / "summary.json")
     return compute_metrics_on_folder(str(folder_ref), str(folder_pred), output_file, rw, ending, labels,

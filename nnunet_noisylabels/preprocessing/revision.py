@@ -26,11 +26,9 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,57 +68,13 @@ class RevisionError(RawDatasetError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# small IO helpers (nnU-Net's own reader/writers)
+# small helpers (reading/writing goes through utilities.raw_dataset)
 # ----------------------------------------------------------------------------------------------------------------
-def _load_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _reader_writer(dataset_json: dict, example_file: Path):
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-
-    return determine_reader_writer_from_dataset_json(dataset_json, str(example_file), verbose=False)()
-
-
-def _label_files(folder: Path, file_ending: str) -> dict[str, Path]:
-    """Case id -> label file for every file with ``file_ending`` in ``folder`` (hidden files skipped)."""
-    if not folder.is_dir():
-        return {}
-    return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
-
-
-def _num_classes(dataset_json: dict) -> int:
-    if "ignore" in dataset_json.get("labels", {}):
-        raise RevisionError("dataset.json declares an 'ignore' label; label revision does not support ignore labels.")
-    return raw_dataset.num_classes(dataset_json)
-
-
 def _num_image_channels(dataset_json: dict) -> int:
     names = dataset_json.get("channel_names", dataset_json.get("modality"))
     if not names:
         raise RevisionError("dataset.json has no 'channel_names'.")
     return len(names)
-
-
-def _image_files(images_dir: Path, case_id: str, num_channels: int, file_ending: str) -> list[Path]:
-    return [images_dir / f"{case_id}_{c:04d}{file_ending}" for c in range(num_channels)]
 
 
 def _sha256(path: Path) -> str:
@@ -187,11 +141,7 @@ class RevisionInputs:
         return self.raw_folder / CLEAN_DIR / f"{case_id}{self.file_ending}"
 
     def images(self, case_id: str) -> list[Path]:
-        return _image_files(self.raw_folder / "imagesTr", case_id, self.num_image_channels, self.file_ending)
-
-
-def _check_values(seg: np.ndarray, num_classes: int, path: Path) -> None:
-    raw_dataset.check_label_values(seg, {"labels": {str(k): k for k in range(num_classes)}}, path)
+        return raw_dataset.image_files(self.raw_folder, case_id, self.dataset_json, must_exist=False)
 
 
 def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> RevisionInputs:
@@ -218,11 +168,11 @@ def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> Re
     if "dataset" in dataset_json:
         raise RevisionError("dataset.json lists its files explicitly ('dataset' key); label revision needs the "
                             "standard imagesTr/labelsTr layout.")
-    num_classes = _num_classes(dataset_json)
+    num_classes = raw_dataset.num_classes(dataset_json, allow_ignore=False)
     num_channels = _num_image_channels(dataset_json)
 
     originals = raw / ORIGINALS_DIR if (raw / ORIGINALS_DIR).is_dir() else raw / LABELS_DIR
-    imperfect = _label_files(originals, file_ending)
+    imperfect = raw_dataset.label_files(originals, file_ending)
     if not imperfect:
         raise FileNotFoundError(f"No label files ending in '{file_ending}' in {originals}.")
     clean_dir = raw / CLEAN_DIR
@@ -230,14 +180,14 @@ def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> Re
         raise FileNotFoundError(
             f"{clean_dir} not found. Put the clean expert labels of a few cases there (same file names as in "
             f"{LABELS_DIR}/); label revision learns the noise pattern from these clean/imperfect pairs.")
-    clean = _label_files(clean_dir, file_ending)
+    clean = raw_dataset.label_files(clean_dir, file_ending)
     if not clean:
         raise RevisionError(f"{clean_dir} holds no label files ending in '{file_ending}': the clean subset is empty.")
     orphans = sorted(set(clean) - set(imperfect))
     if orphans:
         raise RevisionError(f"{len(orphans)} clean label(s) in {clean_dir} have no matching case in {originals}: "
                             f"{orphans[:10]}. Clean labels must use the file names of existing training cases.")
-    missing_images = [p for c in imperfect for p in _image_files(raw / "imagesTr", c, num_channels, file_ending)
+    missing_images = [p for c in imperfect for p in raw_dataset.image_files(raw, c, dataset_json, must_exist=False)
                       if not p.is_file()]
     if missing_images:
         raise FileNotFoundError(f"{len(missing_images)} image file(s) missing in {raw / 'imagesTr'}, e.g. "
@@ -246,17 +196,17 @@ def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> Re
     if not revise_ids:
         raise RevisionError("Every training case has a clean label: there is nothing to revise.")
 
-    rw = _reader_writer(dataset_json, next(iter(imperfect.values())))
+    rw = raw_dataset.reader_writer(dataset_json, next(iter(imperfect.values())))
     dimensionality = None
     for case_id in _progress(sorted(imperfect), "Checking labels", progress):
         seg, props = rw.read_seg(str(imperfect[case_id]))
-        _check_values(seg, num_classes, imperfect[case_id])
+        raw_dataset.check_label_values(seg, dataset_json, imperfect[case_id])
         if dimensionality is None:
             # nnU-Net reads 2D labels as (1, 1, X, Y)
             dimensionality = 2 if seg.shape[1] == 1 else 3
         if case_id in clean:
             cseg, cprops = rw.read_seg(str(clean[case_id]))
-            _check_values(cseg, num_classes, clean[case_id])
+            raw_dataset.check_label_values(cseg, dataset_json, clean[case_id])
             if cseg.shape != seg.shape:
                 raise RevisionError(f"Clean and imperfect labels of case '{case_id}' differ in shape: "
                                     f"{cseg.shape[1:]} ({clean[case_id]}) vs {seg.shape[1:]} ({imperfect[case_id]}).")
@@ -416,7 +366,7 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (aux / sub).mkdir(parents=True)
     fe, C, K = inputs.file_ending, inputs.num_image_channels, inputs.num_classes
-    rw = _reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
     jobs = [(c, "imagesTr") for c in inputs.clean_ids] + [(c, "imagesTs") for c in inputs.revise_ids]
     for case_id, sub in _progress(jobs, "Building auxiliary dataset", progress):
         images = inputs.images(case_id)
@@ -449,7 +399,7 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
         djson.update(aux_dataset_json_keys(C, K))
     if "overwrite_image_reader_writer" in src_json:
         djson["overwrite_image_reader_writer"] = src_json["overwrite_image_reader_writer"]
-    _write_json_atomic(djson, aux / "dataset.json")
+    raw_dataset.write_json_atomic(djson, aux / "dataset.json")
     return AuxDataset(folder=aux, method=method, dataset_json=djson, train_ids=list(inputs.clean_ids),
                       predict_ids=list(inputs.revise_ids))
 
@@ -569,7 +519,7 @@ class NnUNetModelStep:
             predictor.predict_from_files_sequential(str(aux.images_ts), str(root / branch), False, True)
         predictor.network = network
         fe = aux.dataset_json["file_ending"]
-        rw = _reader_writer(aux.dataset_json, root / "over" / f"{aux.predict_ids[0]}{fe}")
+        rw = raw_dataset.reader_writer(aux.dataset_json, root / "over" / f"{aux.predict_ids[0]}{fe}")
         (root / "combined").mkdir()
         for case_id in aux.predict_ids:
             over, props = rw.read_seg(str(root / "over" / f"{case_id}{fe}"))
@@ -667,7 +617,7 @@ def check_reusable_model(model_folder: Path, aux: AuxDataset, fold: str, checkpo
         if not (model_folder / f).is_file():
             raise FileNotFoundError(f"{model_folder / f} not found: --model must be a trained nnU-Net model folder "
                                     f"(.../Trainer__Plans__configuration) with fold '{fold}'.")
-    mj = _load_json(model_folder / "dataset.json")
+    mj = raw_dataset.load_json(model_folder / "dataset.json")
     aj = aux.dataset_json
     if len(mj.get("channel_names", {})) != len(aj["channel_names"]) or mj.get("labels") != aj["labels"]:
         raise RevisionError(
@@ -726,7 +676,7 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
     """
     target_root = Path(target_root)
     fe = inputs.file_ending
-    rw = _reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
     missing = [c for c in inputs.revise_ids if not (Path(predictions) / f"{c}{fe}").is_file()]
     if missing:
         raise RuntimeError(f"The revision model produced no prediction for {len(missing)} case(s), e.g. {missing[:5]}"
@@ -743,7 +693,7 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
             if new.shape != imp.shape:
                 raise RuntimeError(f"Revised label of '{case_id}' has shape {new.shape[1:]}, the imperfect one "
                                    f"{imp.shape[1:]}; {LABELS_DIR}/ was left unchanged.")
-            _check_values(new, inputs.num_classes, src)
+            raw_dataset.check_label_values(new, inputs.dataset_json, src)
             shutil.copy2(src, tmp_labels / f"{case_id}{fe}")
             nmap = noise_map(imp[0], new[0])
             stats = noise_statistics(nmap)
@@ -926,7 +876,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             "versions": {"nnunet_noisylabels": _plugin_version(), "nnunetv2": _nnunet_version()},
             "cases": records,
         }
-        _write_json_atomic(manifest, target_root / MANIFEST_NAME)
+        raw_dataset.write_json_atomic(manifest, target_root / MANIFEST_NAME)
         if out_final is not None:
             os.rename(target_root, out_final)
             target_root = out_final
@@ -961,7 +911,7 @@ def _populate_output_dataset(inputs: RevisionInputs, root: Path, progress: bool)
             _link_or_copy(src, root / "imagesTr" / f"{case_id}_{c:04d}{fe}")
     djson = dict(inputs.dataset_json)
     djson["name"] = root.name.split(".tmp-")[0].lstrip(".")
-    _write_json_atomic(djson, root / "dataset.json")
+    raw_dataset.write_json_atomic(djson, root / "dataset.json")
     shutil.copytree(inputs.raw_folder / CLEAN_DIR, root / CLEAN_DIR)
     (root / ORIGINALS_DIR).mkdir()
     for case_id in inputs.case_ids:
@@ -973,7 +923,7 @@ def revision_sources(raw_folder: str | os.PathLike) -> tuple[Path, Path, Path | 
     raw = Path(raw_folder)
     if not (raw / MANIFEST_NAME).is_file():
         raise FileNotFoundError(f"{raw / MANIFEST_NAME} not found: run nnUNetv2_nl_revise on {raw} first.")
-    m = _load_json(raw / MANIFEST_NAME)
+    m = raw_dataset.load_json(raw / MANIFEST_NAME)
     nm = m.get("noise_maps_folder")
     return raw / m["labels_folder"], raw / m["originals_folder"], (raw / nm) if nm else None
 

@@ -73,8 +73,13 @@ def label_values(dataset_json: dict) -> set[int]:
     return values
 
 
-def num_classes(dataset_json: dict) -> int:
-    """Number of classes including background, for plain (non-region) label maps with labels 0..K-1."""
+def num_classes(dataset_json: dict, allow_ignore: bool = True) -> int:
+    """Number of classes including background, for plain (non-region) label maps with labels 0..K-1.
+
+    With ``allow_ignore=False`` an 'ignore' label in dataset.json is an error (for commands that cannot handle it).
+    """
+    if not allow_ignore and "ignore" in dataset_json["labels"]:
+        raise RawDatasetError("dataset.json declares an 'ignore' label; this command does not support ignore labels.")
     if any(isinstance(v, (list, tuple)) for v in dataset_json["labels"].values()):
         raise RawDatasetError("Region-based labels (lists of label values in dataset.json) are not supported by "
                               "this command; use one integer per class.")
@@ -84,20 +89,37 @@ def num_classes(dataset_json: dict) -> int:
     return len(vals)
 
 
+def label_files(folder: str | os.PathLike, file_ending: str, skip_hidden: bool = True) -> dict[str, Path]:
+    """Case id -> file for every file ending in ``file_ending`` in ``folder`` (sorted; empty if no such folder).
+
+    ``skip_hidden`` leaves out names starting with '.' (e.g. temporary files of an interrupted atomic write).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
+            if p.is_file() and p.name.endswith(file_ending) and not (skip_hidden and p.name.startswith("."))}
+
+
 def training_case_ids(folder: str | os.PathLike, dataset_json: dict, labels_subdir: str = "labelsTr") -> list[str]:
     """Case identifiers of the label files in ``folder/labels_subdir`` (sorted)."""
     d = Path(folder) / labels_subdir
     if not d.is_dir():
         raise RawDatasetError(f"Missing folder {d}.")
-    ending = dataset_json["file_ending"]
-    return sorted(p.name[: -len(ending)] for p in d.iterdir() if p.is_file() and p.name.endswith(ending))
+    return sorted(label_files(d, dataset_json["file_ending"], skip_hidden=False))
 
 
 def image_files(folder: str | os.PathLike, case_id: str, dataset_json: dict,
-                images_subdir: str = "imagesTr") -> list[Path]:
-    """The image files (one per channel, ``CASE_XXXX``) of a case; raises if any channel is missing."""
+                images_subdir: str = "imagesTr", must_exist: bool = True) -> list[Path]:
+    """The image files (one per channel, ``CASE_XXXX``) of a case; raises if any channel is missing.
+
+    With ``must_exist=False`` the expected paths are returned unchecked (for callers that report missing files
+    of many cases at once).
+    """
     ending = dataset_json["file_ending"]
     files = [Path(folder) / images_subdir / f"{case_id}_{int(c):04d}{ending}" for c in dataset_json["channel_names"]]
+    if not must_exist:
+        return files
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise RawDatasetError(f"Case {case_id}: missing image file(s) {missing}. nnU-Net expects one file per channel "
@@ -105,7 +127,8 @@ def image_files(folder: str | os.PathLike, case_id: str, dataset_json: dict,
     return files
 
 
-def _reader_writer(dataset_json: dict, example_file: str | os.PathLike | None = None):
+def reader_writer(dataset_json: dict, example_file: str | os.PathLike | None = None):
+    """An instance of the nnU-Net reader/writer that ``dataset.json`` (and an example file) selects."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     example = str(example_file) if example_file is not None else None
@@ -121,7 +144,7 @@ def read_label(path: str | os.PathLike, dataset_json: dict) -> tuple[np.ndarray,
     if not path.is_file():
         raise RawDatasetError(f"Missing label file {path}.")
     try:
-        seg, props = _reader_writer(dataset_json, path).read_seg(str(path))
+        seg, props = reader_writer(dataset_json, path).read_seg(str(path))
     except Exception as e:  # readers raise anything from RuntimeError to OSError on corrupt files
         raise RawDatasetError(f"Could not read label file {path} ({type(e).__name__}: {e}). "
                               f"Is the file corrupt or not a {dataset_json['file_ending']} file?") from None
@@ -132,9 +155,36 @@ def read_images(paths: Iterable[str | os.PathLike], dataset_json: dict) -> tuple
     """Read the channel files of one case with nnU-Net's reader. Returns (data (C, X, Y[, Z]), props)."""
     paths = [str(p) for p in paths]
     try:
-        return _reader_writer(dataset_json, paths[0]).read_images(paths)
+        return reader_writer(dataset_json, paths[0]).read_images(paths)
     except Exception as e:
         raise RawDatasetError(f"Could not read image file(s) {paths} ({type(e).__name__}: {e}).") from None
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    """Read a JSON file (no checks; see :func:`load_dataset_json` for a raw dataset's dataset.json)."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then move it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
+    """:func:`write_text_atomic` for a JSON document."""
+    write_text_atomic(json.dumps(obj, indent=indent), path)
 
 
 def write_label_atomic(seg: np.ndarray, path: str | os.PathLike, props: dict, dataset_json: dict) -> None:
@@ -148,7 +198,7 @@ def write_label_atomic(seg: np.ndarray, path: str | os.PathLike, props: dict, da
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=ending, dir=path.parent)
     os.close(fd)
     try:
-        _reader_writer(dataset_json).write_seg(np.asarray(seg).astype(np.uint8 if seg.max() < 256 else np.uint16),
+        reader_writer(dataset_json).write_seg(np.asarray(seg).astype(np.uint8 if seg.max() < 256 else np.uint16),
                                                      tmp, props)
         os.replace(tmp, path)
     finally:
