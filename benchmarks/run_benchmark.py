@@ -49,8 +49,8 @@ PROTOCOLS = {
     "box": ["--noise", "box"],
 }
 
-# arm -> (labels used for training, trainer). The confident-learning + SLSR baseline (nnUNetTrainerCLSLR) needs a
-# 5-fold cross-validation and nnUNetv2_nl_find_issues first and is not an arm yet.
+# arm -> (labels used for training, trainer). The confident-learning + SLSR arm first runs a 5-fold cross-validation
+# of plain nnU-Net with --npz at the same budget and nnUNetv2_nl_find_issues on it (see Runner.find_issues).
 ARMS = {
     "nnunet_noisy": ("noisy", "nnUNetTrainer_NLbudget"),
     "nnunet_clean_subset": ("clean_subset", "nnUNetTrainer_NLbudget"),
@@ -62,6 +62,7 @@ ARMS = {
     "gce_noisy": ("noisy", "nnUNetTrainerGCE_NLbudget"),
     "nrdice_noisy": ("noisy", "nnUNetTrainerNRDice_NLbudget"),
     "coteaching_noisy": ("noisy", "nnUNetTrainerCoTeaching_NLbudget"),
+    "clslr_noisy": ("noisy", "nnUNetTrainerCLSLR_NLbudget"),
     "nnunet_clean_full": ("clean_full", "nnUNetTrainer_NLbudget"),
 }
 DEFAULT_ARMS = ["nnunet_noisy", "nnunet_clean_subset", "nnunet_revised", "robust_noisy", "robust_revised",
@@ -213,6 +214,8 @@ class Runner:
         if not pre.is_dir():
             self.sh([str(self.bin / "nnUNetv2_plan_and_preprocess"), "-d", str(ds), "-c", config,
                      "-np", str(self.args.np)], f"preprocess_{key}")
+        if trainer.startswith("nnUNetTrainerCLSLR"):
+            self.find_issues(ds, config)
         out = Path(self.env["nnUNet_results"]) / self.folder(key).name / f"{trainer}__nnUNetPlans__{config}" / "fold_all"
         if not (out / "checkpoint_final.pth").is_file():
             cont = ["--c"] if (out / "checkpoint_latest.pth").is_file() else []
@@ -229,6 +232,20 @@ class Runner:
         shutil.rmtree(pred, ignore_errors=True)
         tmp_pred.rename(pred)
         return scores
+
+    def find_issues(self, ds: int, config: str) -> None:
+        """Out-of-fold probabilities (5-fold CV with --npz) and confident-learning issue maps for the CLSLR arm."""
+        name = self.folder("noisy").name
+        if (Path(self.env["nnUNet_preprocessed"]) / name / "label_issues" / "label_issues.csv").is_file():
+            return
+        cv = "nnUNetTrainer_NLbudget"
+        for fold in range(5):
+            out = Path(self.env["nnUNet_results"]) / name / f"{cv}__nnUNetPlans__{config}" / f"fold_{fold}"
+            if not (out / "checkpoint_final.pth").is_file():
+                self.sh([str(self.bin / "nnUNetv2_train"), str(ds), config, str(fold), "-tr", cv, "--npz",
+                         "-device", self.args.device], f"cv_fold{fold}")
+        self.sh([str(self.bin / "nnUNetv2_nl_find_issues"), "-d", str(ds), "-c", config, "-tr", cv, "--no_pbar"],
+                "find_issues")
 
     # ---------------------------------------------------------------- main
     def run(self) -> None:
