@@ -10,7 +10,7 @@ import pkgutil
 
 
 def all_trainer_classes() -> dict[str, type]:
-    """Import every module of this package and return its nnUNetTrainer subclasses by name."""
+    """Import every module of this package and return its public nnUNetTrainer subclasses by name."""
     from nnunet_noisylabels import check_nnunet_version
 
     check_nnunet_version()
@@ -20,6 +20,7 @@ def all_trainer_classes() -> dict[str, type]:
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
         for name, obj in vars(module).items():
-            if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__:
+            if (not name.startswith('_') and isinstance(obj, type) and issubclass(obj, nnUNetTrainer)
+                    and obj.__module__ == module.__name__):
                 found[name] = obj
     return found
