@@ -332,7 +332,7 @@ def label_quality(work: Path) -> list[list]:
     out = []
     for report in sorted((work / "nnUNet_raw").glob("Dataset*/labelsTr_revision_report/report.json")):
         rep = json.loads(report.read_text())
-        cases = [c for c in rep["cases"].values() if "dice_revised" in c]
+        cases = [c for c in rep["cases"].values() if "dice_revised" in c and c.get("source") == "revised"]
         if not cases:
             continue
         imp = np.array([c["dice_imperfect"] for c in cases])
