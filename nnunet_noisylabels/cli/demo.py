@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the demo's nnUNet_raw/preprocessed/results (default: ./demo_output); "
                              "it is emptied first")
     parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default: cpu)")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of every training (default: 6)")
-    parser.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default: 20)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of every training (default: 5)")
+    parser.add_argument("--iterations", type=int, default=15, help="iterations per epoch (default: 15)")
     args = parser.parse_args(argv)
 
     from nnunet_noisylabels.evaluation.segmentation import evaluate_folder
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
          "-np", "2", "--no_pbar"], env, log)
     raw = Path(env["nnUNet_raw"])
     report = json.loads(next(raw.glob(f"Dataset{REVISED_ID}_*/labelsTr_revision_report/report.json")).read_text())
-    revised_cases = [c for c in report["cases"].values() if "dice_revised" in c]
+    revised_cases = [c for c in report["cases"].values() if "dice_revised" in c and c.get("source") == "revised"]
     label_imp = sum(c["dice_imperfect"] for c in revised_cases) / len(revised_cases)
     label_rev = sum(c["dice_revised"] for c in revised_cases) / len(revised_cases)
 
