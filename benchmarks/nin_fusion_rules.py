@@ -42,17 +42,13 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
+from nnunet_noisylabels.evaluation.metrics import mean_foreground_dice  # noqa: E402
 from nnunet_noisylabels.losses.noise_identification import FUSION_RULES  # noqa: E402
 from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices  # noqa: E402
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    scores = []
-    for k in range(1, num_classes):
-        x, y = a == k, b == k
-        denom = x.sum() + y.sum()
-        scores.append(1.0 if denom == 0 else 2 * (x & y).sum() / denom)
-    return float(np.mean(scores))
+    return mean_foreground_dice(a, b, range(1, num_classes))
 
 
 def evaluate_rules(model_folder: str, images: str, clean: str, fold: str = "all",

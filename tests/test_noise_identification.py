@@ -14,6 +14,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
+from nnunet_noisylabels.evaluation.metrics import mean_foreground_dice
 from nnunet_noisylabels.losses.noise_identification import (
     FUSION_RULES,
     NoiseIdentificationLoss,
@@ -373,12 +374,7 @@ def write_aux_dataset(root: Path, name: str, n_train: int, n_test: int, num_clas
 
 
 def dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    scores = []
-    for k in range(1, num_classes):
-        x, y = a == k, b == k
-        denom = x.sum() + y.sum()
-        scores.append(1.0 if denom == 0 else 2 * (x & y).sum() / denom)
-    return float(np.mean(scores))
+    return mean_foreground_dice(a, b, range(1, num_classes))
 
 
 def shrink_plans(preprocessed: Path, dataset: str, max_features: int = 32) -> None:
