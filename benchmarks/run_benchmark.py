@@ -87,7 +87,9 @@ class Runner:
                        "val_iterations": val_iters}
         self.env.update({"nnUNet_nl_epochs": str(self.budget["epochs"]),
                          "nnUNet_nl_iterations": str(self.budget["iterations"]),
-                         "nnUNet_nl_val_iterations": str(self.budget["val_iterations"])})
+                         "nnUNet_nl_val_iterations": str(self.budget["val_iterations"]),
+                         # fold all would validate on its own training cases; the test split is scored instead
+                         "nnUNet_nl_skip_final_validation": "1"})
         if args.device == "cpu":
             self.env.setdefault("nnUNet_compile", "0")
             self.env.setdefault("nnUNet_def_n_proc", str(args.np))

@@ -109,3 +109,33 @@ def test_budget_from_environment_must_be_positive(monkeypatch):
     for bad in ("0", "-3", "abc"):
         with pytest.raises(ValueError, match="must be a positive integer"):
             _positive_int("nnUNet_nl_epochs", bad)
+
+
+@pytest.mark.parametrize("env_value,fold,budget_from_env,validates", [
+    ("1", "all", True, False),   # benchmark: fold all would only re-predict its training cases
+    ("1", 0, True, True),        # a real fold keeps its validation (find_issues needs its --npz outputs)
+    ("", "all", True, True),     # not requested
+    ("1", "all", False, True),   # fixed-budget variants ignore the environment
+])
+def test_final_validation_skipped_only_for_fold_all_when_requested(monkeypatch, env_value, fold, budget_from_env,
+                                                                    validates):
+    from nnunet_noisylabels.trainers.budget import SKIP_FINAL_VALIDATION_ENV, BudgetMixin
+
+    class Base:
+        validated = False
+
+        def perform_actual_validation(self, save_probabilities=False):
+            self.validated = True
+
+    class Trainer(BudgetMixin, Base):
+        pass
+
+    Trainer.budget_from_env = budget_from_env
+    t = Trainer.__new__(Trainer)
+    t.fold = fold
+    logged = []
+    t.print_to_log_file = lambda *args, **kwargs: logged.append(args)
+    monkeypatch.setenv(SKIP_FINAL_VALIDATION_ENV, env_value)
+    t.perform_actual_validation()
+    assert t.validated is validates
+    assert bool(logged) is not validates

@@ -117,6 +117,61 @@ def peer_disagreement_weight(labels: torch.Tensor, peer_probs: torch.Tensor, pee
     return peer_weight * disagree * scaled
 
 
+def label_targets(labels: torch.Tensor, num_classes: int, boundary_eps: float = 0.0, boundary_kernel: int = 3,
+                  ignore_label: int | None = None, check_labels: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The label part of the softening, shared by both networks: boundary-smoothed one-hot labels.
+
+    Args:
+        labels: (B, 1, X, Y[, Z]) integer labels (one deep-supervision scale).
+        num_classes: C.
+        boundary_eps: boundary softening strength in [0, 1].
+        boundary_kernel: odd window size of the boundary softening.
+        ignore_label: label value that carries no supervision, or None.
+        check_labels: verify that labels lie in ``[0, num_classes)`` (one device sync).
+
+    Returns:
+        ``(targets, labels, loss_mask)``: (B, C, ...) float32 targets, the labels with ignored voxels set to 0, and
+        the (B, 1, ...) bool mask of supervised voxels (None without an ignore label).
+    """
+    loss_mask = None
+    if ignore_label is not None:
+        loss_mask = labels != ignore_label
+        labels = torch.where(loss_mask, labels, torch.zeros_like(labels))
+    if check_labels and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] (plus the ignore label), found values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]; check dataset.json's labels")
+    targets = boundary_smoothed_targets(one_hot(labels, num_classes), boundary_eps, boundary_kernel, loss_mask)
+    return targets, labels, loss_mask
+
+
+def mix_peer(targets: torch.Tensor, labels: torch.Tensor, peer_probs: torch.Tensor | None, peer_weight: float,
+             confidence_threshold: float, loss_mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The peer part of the softening: ``t = (1 - w) * targets + w * p_peer``, see :func:`peer_disagreement_weight`.
+
+    Args:
+        targets: (B, C, ...) distributions from :func:`label_targets`.
+        labels: (B, 1, ...) integer labels (ignored voxels set to 0, as :func:`label_targets` returns them).
+        peer_probs: (B, C, ...) peer probabilities, or None (no peer term).
+        peer_weight: maximum peer weight in [0, 1], ramp-up included.
+        confidence_threshold: tau.
+        loss_mask: (B, 1, ...) supervised voxels or None; the peer gets no weight outside it.
+
+    Returns:
+        ``(targets, peer_w)``: (B, C, ...) float32 soft targets and (B, 1, ...) peer weights.
+    """
+    if peer_probs is None or peer_weight == 0.0:
+        return targets, torch.zeros_like(labels, dtype=torch.float32)
+    if peer_probs.shape != targets.shape:
+        raise ValueError(f"peer_probs shape {tuple(peer_probs.shape)} does not match targets {tuple(targets.shape)}")
+    peer_probs = peer_probs.detach().to(torch.float32)
+    peer_w = peer_disagreement_weight(labels, peer_probs, peer_weight, confidence_threshold)
+    if loss_mask is not None:
+        peer_w = peer_w * loss_mask
+    return torch.lerp(targets, peer_probs, peer_w), peer_w
+
+
 def soften_targets(labels: torch.Tensor, peer_probs: torch.Tensor | None, num_classes: int, peer_weight: float = 0.0,
                    confidence_threshold: float = 0.8, boundary_eps: float = 0.0, boundary_kernel: int = 3,
                    ignore_label: int | None = None, check_labels: bool = True
@@ -124,10 +179,11 @@ def soften_targets(labels: torch.Tensor, peer_probs: torch.Tensor | None, num_cl
     """Soft targets for one network from the (pseudo) labels and its peer's detached prediction.
 
     Rule (our interpretation of the paper's label softening):
-    ``q = (1 - eps) * onehot(y) + eps * local_frequencies(onehot(y))`` (boundary softening), then
-    ``t = (1 - w) * q + w * p_peer`` with ``w`` from :func:`peer_disagreement_weight`. Both steps are convex
-    combinations of distributions, so ``t`` is a distribution; with ``peer_weight = 0`` and ``boundary_eps = 0``
-    it equals ``onehot(y)`` exactly. The rule is deterministic: no random state is needed to resume exactly.
+    ``q = (1 - eps) * onehot(y) + eps * local_frequencies(onehot(y))`` (boundary softening, :func:`label_targets`),
+    then ``t = (1 - w) * q + w * p_peer`` with ``w`` from :func:`peer_disagreement_weight` (:func:`mix_peer`). Both
+    steps are convex combinations of distributions, so ``t`` is a distribution; with ``peer_weight = 0`` and
+    ``boundary_eps = 0`` it equals ``onehot(y)`` exactly. The rule is deterministic: no random state is needed to
+    resume exactly. A trainer with two networks computes :func:`label_targets` once and :func:`mix_peer` per network.
 
     Args:
         labels: (B, 1, X, Y[, Z]) integer labels (one deep-supervision scale).
@@ -145,24 +201,9 @@ def soften_targets(labels: torch.Tensor, peer_probs: torch.Tensor | None, num_cl
         ``(targets, peer_w, loss_mask)``: (B, C, ...) float32 soft targets, (B, 1, ...) peer weights, and the
         (B, 1, ...) bool mask of supervised voxels (None without an ignore label).
     """
-    loss_mask = None
-    if ignore_label is not None:
-        loss_mask = labels != ignore_label
-        labels = torch.where(loss_mask, labels, torch.zeros_like(labels))
-    if check_labels and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] (plus the ignore label), found values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]; check dataset.json's labels")
-    targets = boundary_smoothed_targets(one_hot(labels, num_classes), boundary_eps, boundary_kernel, loss_mask)
-    if peer_probs is None or peer_weight == 0.0:
-        peer_w = torch.zeros_like(labels, dtype=torch.float32)
-        return targets, peer_w, loss_mask
-    if peer_probs.shape != targets.shape:
-        raise ValueError(f"peer_probs shape {tuple(peer_probs.shape)} does not match targets {tuple(targets.shape)}")
-    peer_probs = peer_probs.detach().to(torch.float32)
-    peer_w = peer_disagreement_weight(labels, peer_probs, peer_weight, confidence_threshold)
-    if loss_mask is not None:
-        peer_w = peer_w * loss_mask
-    targets = (1.0 - peer_w) * targets + peer_w * peer_probs
+    targets, labels, loss_mask = label_targets(labels, num_classes, boundary_eps, boundary_kernel, ignore_label,
+                                               check_labels)
+    targets, peer_w = mix_peer(targets, labels, peer_probs, peer_weight, confidence_threshold, loss_mask)
     return targets, peer_w, loss_mask
 
 

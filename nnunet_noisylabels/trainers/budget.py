@@ -7,6 +7,8 @@ variants, from environment variables so that every arm of a benchmark runs at ex
 - ``nnUNet_nl_epochs``: number of epochs
 - ``nnUNet_nl_iterations``: training iterations per epoch
 - ``nnUNet_nl_val_iterations``: validation iterations per epoch
+- ``nnUNet_nl_skip_final_validation=1``: with fold ``all``, skip nnU-Net's final validation (it would predict the
+  training cases themselves, which measures nothing; benchmarks score a held-out test split instead)
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+SKIP_FINAL_VALIDATION_ENV = "nnUNet_nl_skip_final_validation"
 BUDGET_ENV = {"num_epochs": "nnUNet_nl_epochs", "num_iterations_per_epoch": "nnUNet_nl_iterations",
               "num_val_iterations_per_epoch": "nnUNet_nl_val_iterations"}
 
@@ -48,6 +51,14 @@ class BudgetMixin:
                 setattr(self, attr, _positive_int(BUDGET_ENV[attr], os.environ[BUDGET_ENV[attr]]))
         # short runs: never write intermediate checkpoints more often than needed
         self.save_every = max(1, min(self.save_every, self.num_epochs))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        skip = os.environ.get(SKIP_FINAL_VALIDATION_ENV, "").lower() in ("1", "true", "yes")
+        if self.budget_from_env and skip and self.fold == "all":
+            self.print_to_log_file(f"Final validation skipped ({SKIP_FINAL_VALIDATION_ENV} is set and fold 'all' "
+                                   f"validates on the training cases).")
+            return
+        super().perform_actual_validation(save_probabilities)
 
 
 class nnUNetTrainer_NLdebug(BudgetMixin, nnUNetTrainer):

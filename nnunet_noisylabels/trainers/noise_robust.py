@@ -3,7 +3,8 @@
 Phase 2 of Huang et al., "Toward high-quality pseudo masks from noisy or weak annotations for robust medical image
 segmentation", Neural Networks 181 (2024) 106850. Two networks are built from the same plans with different seeds
 and trained side by side on the same batches; each one learns from soft targets derived from the (pseudo) labels
-and the detached prediction of its peer (:func:`nnunet_noisylabels.losses.soft_targets.soften_targets`).
+and the detached prediction of its peer (:func:`nnunet_noisylabels.losses.soft_targets.soften_targets`;
+the label part is computed once per batch and shared by both networks).
 
 Usage: ``nnUNetv2_train DATASET CONFIG FOLD -tr NoiseRobustTrainer`` (with ``nnUNet_extTrainer`` pointing at
 ``nnunet_noisylabels/nnunet_ext``). Both networks live in one :class:`TwinNetwork`, whose eval-mode output is their
@@ -32,7 +33,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_noisylabels.losses.soft_targets import SoftDiceCELoss, sigmoid_rampup, soften_targets
+from nnunet_noisylabels.losses.soft_targets import SoftDiceCELoss, label_targets, mix_peer, sigmoid_rampup
 from nnunet_noisylabels.networks.twin import TwinNetwork, mean_outputs
 from nnunet_noisylabels.trainers.budget import BudgetMixin
 
@@ -134,23 +135,32 @@ class NoiseRobustTrainer(nnUNetTrainer):
         return self.softening_peer_weight * sigmoid_rampup(self.current_epoch,
                                                            self.softening_rampup_fraction * self.num_epochs)
 
-    def make_soft_targets(self, targets: List[torch.Tensor], peer_probs: List[torch.Tensor | None] | None,
-                          peer_weight: float, check_labels: bool = True):
-        """Soft targets, loss masks and peer weights at every deep-supervision scale (None where unused).
-
-        ``check_labels`` validates the label range on the full-resolution target only (one device sync)."""
-        soft, masks, weights = [], [], []
+    def label_targets(self, targets: List[torch.Tensor], check_labels: bool = True) -> list:
+        """Boundary-smoothed label targets at every deep-supervision scale, shared by all members (None where a scale
+        has no loss weight). ``check_labels`` validates the label range on the full-resolution target only."""
         eps = self.softening_boundary_eps if self.enable_softening else 0.0
-        for s, t in enumerate(targets):
-            if s < len(self._ds_weights) and self._ds_weights[s] == 0:
+        return [None if s < len(self._ds_weights) and self._ds_weights[s] == 0 else
+                label_targets(t, self.label_manager.num_segmentation_heads, eps, self.softening_boundary_kernel,
+                              self.label_manager.ignore_label, check_labels=check_labels and s == 0)
+                for s, t in enumerate(targets)]
+
+    def member_targets(self, base: list, peer_probs: List[torch.Tensor | None] | None, peer_weight: float):
+        """One member's soft targets, loss masks and peer weights per scale, from :meth:`label_targets`."""
+        soft, masks, weights = [], [], []
+        for s, b in enumerate(base):
+            if b is None:
                 soft.append(None), masks.append(None), weights.append(None)
                 continue
-            q, w, m = soften_targets(t, None if peer_probs is None else peer_probs[s],
-                                     self.label_manager.num_segmentation_heads, peer_weight,
-                                     self.softening_confidence_threshold, eps, self.softening_boundary_kernel,
-                                     self.label_manager.ignore_label, check_labels=check_labels and s == 0)
+            q, labels, m = b
+            q, w = mix_peer(q, labels, None if peer_probs is None else peer_probs[s], peer_weight,
+                            self.softening_confidence_threshold, m)
             soft.append(q), masks.append(m), weights.append(w)
         return soft, masks, weights
+
+    def make_soft_targets(self, targets: List[torch.Tensor], peer_probs: List[torch.Tensor | None] | None,
+                          peer_weight: float, check_labels: bool = True):
+        """Soft targets, loss masks and peer weights at every deep-supervision scale (None where unused)."""
+        return self.member_targets(self.label_targets(targets, check_labels), peer_probs, peer_weight)
 
     def _apply_loss(self, output: List[torch.Tensor], soft, masks):
         if self.enable_deep_supervision:
@@ -175,11 +185,12 @@ class NoiseRobustTrainer(nnUNetTrainer):
                     probs = [[torch.softmax(s.detach().float(), 1)
                               if s_i >= len(self._ds_weights) or self._ds_weights[s_i] != 0 else None
                               for s_i, s in enumerate(o)] for o in outputs]
+            base = self.label_targets(targets)  # the label part is the same for every member
             losses, override = [], []
             for i in range(n):
                 # member i learns from member i+1's prediction (itself when it has no twin)
-                soft, masks, ws = self.make_soft_targets(targets, None if probs is None else probs[(i + 1) % n],
-                                                         peer_weight, check_labels=i == 0)
+                soft, masks, ws = self.member_targets(base, None if probs is None else probs[(i + 1) % n],
+                                                      peer_weight)
                 losses.append(self._apply_loss(outputs[i], soft, masks))
                 override.append((ws[0] > 0).float().mean())
             l = sum(losses)
