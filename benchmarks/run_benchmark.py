@@ -68,9 +68,11 @@ ARMS = {
 DEFAULT_ARMS = ["nnunet_noisy", "nnunet_clean_subset", "nnunet_revised", "robust_noisy", "robust_revised",
                 "gce_noisy", "coteaching_noisy", "nnunet_clean_full"]
 
-BUDGETS = {  # (epochs, iterations per epoch, validation iterations per epoch)
-    "cpu": (8, 25, 4),
-    "full": (1000, 250, 50),
+BUDGETS = {  # (epochs, iterations per epoch, validation iterations per epoch, revision epochs)
+    # phase 1 is preprocessing: its models (the noise identification network, and nnU-Net on the clean pairs for the
+    # clean-only revision it is compared with) learn from the few clean pairs only and get their own, equal budget
+    "cpu": (8, 25, 4, 24),
+    "full": (1000, 250, 50, 1000),
 }
 
 
@@ -82,9 +84,9 @@ class Runner:
         for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             self.env[k] = str(self.work / k)
             Path(self.env[k]).mkdir(parents=True, exist_ok=True)
-        epochs, iters, val_iters = BUDGETS[args.mode]
+        epochs, iters, val_iters, revision_epochs = BUDGETS[args.mode]
         self.budget = {"epochs": args.epochs or epochs, "iterations": args.iterations or iters,
-                       "val_iterations": val_iters}
+                       "val_iterations": val_iters, "revision_epochs": args.revision_epochs or revision_epochs}
         self.env.update({"nnUNet_nl_epochs": str(self.budget["epochs"]),
                          "nnUNet_nl_iterations": str(self.budget["iterations"]),
                          "nnUNet_nl_val_iterations": str(self.budget["val_iterations"]),
@@ -200,7 +202,12 @@ class Runner:
             cmd += ["-tr", "NoiseIdentificationTrainer_budget"]
         else:
             cmd += ["-tr", "nnUNetTrainer_NLbudget"]
-        self.sh(cmd, f"revise_{method}")
+        saved = self.env["nnUNet_nl_epochs"]
+        self.env["nnUNet_nl_epochs"] = str(self.budget["revision_epochs"])
+        try:
+            self.sh(cmd, f"revise_{method}")
+        finally:
+            self.env["nnUNet_nl_epochs"] = saved
 
     def train_and_score(self, arm: str) -> dict:
         labels, trainer = ARMS[arm]
@@ -254,6 +261,11 @@ class Runner:
         a = self.args
         self.say(f"benchmark in {self.work}: source={a.source} protocol={a.protocol} clean={a.clean_fraction} "
                  f"budget={self.budget} device={a.device}")
+        settings = {"source": a.source, "size": a.size, "protocol": a.protocol, "corrupt_extra": a.corrupt_extra,
+                    "clean_fraction": a.clean_fraction, "seed": a.seed, "num_test": a.num_test,
+                    "split_seed": a.split_seed, "configuration": a.configuration, "device": a.device,
+                    "budget": self.budget}
+        write_settings(self.work / "settings.json", settings)
         self.make_source()
         self.corrupt()
         self.make_clean_subset()
@@ -284,7 +296,8 @@ class Runner:
         a = self.args
         md = [f"Source `{a.source}`{f' ({a.size}x{a.size})' if a.size else ''}, protocol `{a.protocol}`, "
               f"clean fraction {a.clean_fraction}, seed {a.seed}, {a.num_test} held-out test cases; budget "
-              f"{self.budget['epochs']} epochs x {self.budget['iterations']} iterations (configuration "
+              f"{self.budget['epochs']} epochs x {self.budget['iterations']} iterations, phase-1 models "
+              f"{self.budget['revision_epochs']} epochs x {self.budget['iterations']} iterations (configuration "
               f"`{a.configuration}`, device `{a.device}`); machine: {platform.machine()}, {os.cpu_count()} CPUs; "
               f"{time.strftime('%Y-%m-%d')}.", "",
               "| arm | labels | trainer | Dice (mean ± sd) | HD95 (median) | per structure Dice | train time (s) |",
@@ -300,6 +313,17 @@ class Runner:
         (self.work / "results.md").write_text("\n".join(md) + "\n")
         self.say(f"tables: {self.work / 'results.md'}, {self.work / 'results.csv'}")
         print("\n".join(md))
+
+
+def write_settings(path: Path, settings: dict) -> None:
+    """Record the run's settings; a resumed run must use the same ones (its finished steps would not match)."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = {k: (old.get(k), v) for k, v in settings.items() if k in old and old[k] != v}
+        if changed:
+            raise SystemExit(f"{path.parent} was started with other settings {changed} (old, new); use another "
+                             f"--work folder or the original settings")
+    path.write_text(json.dumps(settings, indent=1))
 
 
 def score_folder(ref: Path, pred: Path, dataset_json: dict) -> dict:
@@ -365,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--revision_epochs", type=int, default=None,
+                   help="epochs of the phase-1 models (noise identification network; clean-only baseline)")
     p.add_argument("-c", "--configuration", default=None, help="default 2d for JSRT, 3d_fullres for hippocampus")
     p.add_argument("--device", default="cpu")
     p.add_argument("-np", type=int, default=2)

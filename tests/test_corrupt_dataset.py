@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import load_benchmark
 from nnunet_noisylabels.cli import corrupt as cli
 from nnunet_noisylabels.evaluation.metrics import dice
 from nnunet_noisylabels.preprocessing.corrupt_dataset import (MANIFEST_NAME, corrupt_dataset, select_cases)
@@ -222,18 +223,8 @@ def test_parse_values():
         {"mixture": {"dilate": 1.0, "box": 1.0}, "dilate": {"beta": 0.5}}
 
 
-def _load_benchmark(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_converters_on_real_data(shared_data, nnunet_env):
-    jsrt = _load_benchmark("convert_jsrt")
+    jsrt = load_benchmark("convert_jsrt")
     assert jsrt.main(["-d", "31", "--structures", "all", "--size", "32", "--num_cases", "4", "--num_test", "1",
                       "--data", str(shared_data)]) == 0
     folder = Path(nnunet_env["nnUNet_raw"]) / "Dataset031_JSRTLungHeartClavicle32"
@@ -241,7 +232,7 @@ def test_converters_on_real_data(shared_data, nnunet_env):
     assert len(segs) == 3 and all(s.shape == (1, 32, 32) for s in segs.values())
     assert set(np.unique(np.concatenate([s.ravel() for s in segs.values()]))) == {0, 1, 2, 3}
     assert jsrt.main(["-d", "31", "--structures", "all", "--size", "32", "--data", str(shared_data)]) == 1
-    hip = _load_benchmark("convert_hippocampus")
+    hip = load_benchmark("convert_hippocampus")
     assert hip.main(["-d", "32", "--num_cases", "2", "--data", str(shared_data)]) == 0
     out = corrupt_dataset(32, 33, "erode", {"radius": 1}, pbar=False)
     assert set(manifest_of(out)["summary"]["mean_dice_corrupted_per_class"]) == {"1", "2"}

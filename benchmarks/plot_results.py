@@ -1,0 +1,95 @@
+"""Plot test Dice per arm against the strength of the label noise, from finished ``run_benchmark.py`` work folders.
+
+Each work folder is one noise protocol (or strength); its x position is the mean Dice of the imperfect training labels
+against the clean ones (``label_quality.csv``), so weaker noise sits to the right. One line per arm, one marker per
+folder, annotated with the folder's protocol. The arms that are absent from a folder are skipped there.
+
+Example:
+
+    python benchmarks/plot_results.py bench_output/jsrt_lung_markov bench_output/jsrt_lung_alpha_beta \\
+        bench_output/jsrt_lung_box -o benchmarks/results_jsrt_lung.png --title "JSRT lung, 10% clean, CPU budget"
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+# drawing order and style; arms not listed are drawn after these in grey
+ARM_STYLE = {
+    "nnunet_noisy": ("nnU-Net, imperfect labels", "tab:red", "o"),
+    "nnunet_clean_subset": ("nnU-Net, clean subset only", "tab:orange", "s"),
+    "nnunet_revised": ("nnU-Net, revised labels (phase 1)", "tab:blue", "^"),
+    "robust_noisy": ("NoiseRobustTrainer, imperfect (phase 2)", "tab:purple", "v"),
+    "robust_revised": ("NoiseRobustTrainer, revised (full method)", "tab:green", "D"),
+    "gce_noisy": ("GCE, imperfect", "tab:brown", "x"),
+    "coteaching_noisy": ("Co-teaching, imperfect", "tab:pink", "+"),
+    "nnunet_clean_full": ("nnU-Net, all labels clean (ceiling)", "black", "*"),
+}
+
+
+def read_folder(work: Path) -> dict:
+    """Protocol name, imperfect-label Dice and test Dice per arm of one benchmark work folder."""
+    results = work / "results.csv"
+    quality = work / "label_quality.csv"
+    if not results.is_file() or not quality.is_file():
+        raise SystemExit(f"{work}: no results.csv / label_quality.csv; run benchmarks/run_benchmark.py there first")
+    with open(quality, newline="") as f:
+        rows = list(csv.DictReader(f))
+    imperfect = [float(r["dice_vs_clean_mean"]) for r in rows if r["labels"].startswith("imperfect")]
+    if not imperfect:
+        raise SystemExit(f"{quality}: no 'imperfect' row (was the benchmark run with --no_label_quality and no "
+                         f"revision?)")
+    with open(results, newline="") as f:
+        arms = {r["arm"]: (float(r["dice_mean"]), float(r["dice_sd"])) for r in csv.DictReader(f)}
+    settings = work / "settings.json"
+    protocol = json.loads(settings.read_text())["protocol"] if settings.is_file() else work.name
+    return {"protocol": protocol, "imperfect_dice": imperfect[0], "arms": arms}
+
+
+def plot(folders: list[dict], output: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folders = sorted(folders, key=lambda f: f["imperfect_dice"])
+    names = list(ARM_STYLE) + sorted({a for f in folders for a in f["arms"]} - set(ARM_STYLE))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for arm in names:
+        pts = [(f["imperfect_dice"], *f["arms"][arm]) for f in folders if arm in f["arms"]]
+        if not pts:
+            continue
+        label, color, marker = ARM_STYLE.get(arm, (arm, "grey", "."))
+        x, y, sd = zip(*pts)
+        ax.errorbar(x, y, yerr=sd, label=label, color=color, marker=marker, capsize=3, linewidth=1.2,
+                    linestyle="-" if len(pts) > 1 else "none")
+    for f in folders:
+        ax.axvline(f["imperfect_dice"], color="0.85", linewidth=0.8, zorder=0)
+        ax.annotate(f["protocol"], (f["imperfect_dice"], 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -12), textcoords="offset points", fontsize=8, color="0.35")
+    ax.set_xlabel("Dice of the imperfect training labels vs clean (lower = stronger noise)")
+    ax.set_ylabel("test Dice (mean ± sd over held-out cases)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("work", nargs="+", help="run_benchmark.py work folders (one per protocol or strength)")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument("--title", default="Test Dice per arm across label-noise strengths")
+    a = p.parse_args(argv)
+    plot([read_folder(Path(w)) for w in a.work], Path(a.output), a.title)
+    print(f"wrote {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""The benchmark helpers that do not train: the results plot."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import load_benchmark
+
+
+def _write_work(folder, imperfect, arms, protocol=None):
+    folder.mkdir()
+    with open(folder / "label_quality.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases"])
+        w.writerow(["imperfect (as given)", imperfect, 0.02, 10])
+        w.writerow(["revised, method nin", 0.95, 0.01, 10])
+    with open(folder / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arm", "labels", "trainer", "dice_mean", "dice_sd"])
+        for arm, d in arms.items():
+            w.writerow([arm, "x", "t", d, 0.01])
+    if protocol:
+        (folder / "settings.json").write_text(f'{{"protocol": "{protocol}"}}')
+    return folder
+
+
+def test_plot_reads_folders_and_writes_png(tmp_path):
+    plot = load_benchmark("plot_results")
+    a = _write_work(tmp_path / "a", 0.84, {"nnunet_noisy": 0.83, "nnunet_revised": 0.93}, protocol="markov")
+    b = _write_work(tmp_path / "b", 0.74, {"nnunet_noisy": 0.75, "nnunet_revised": 0.9, "my_arm": 0.8})
+    assert plot.read_folder(a) == {"protocol": "markov", "imperfect_dice": 0.84,
+                                   "arms": {"nnunet_noisy": (0.83, 0.01), "nnunet_revised": (0.93, 0.01)}}
+    assert plot.read_folder(b)["protocol"] == "b"  # no settings.json: the folder's name
+    out = tmp_path / "plots" / "dice.png"
+    assert plot.main([str(a), str(b), "-o", str(out)]) == 0
+    from PIL import Image
+
+    img = np.asarray(Image.open(out).convert("L"))
+    assert img.shape[0] > 200 and img.shape[1] > 200 and img.std() > 10  # a drawn figure, not a blank canvas
+
+
+def test_plot_refuses_unfinished_folder(tmp_path):
+    plot = load_benchmark("plot_results")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="run_benchmark.py"):
+        plot.main([str(tmp_path / "empty"), "-o", str(tmp_path / "x.png")])
