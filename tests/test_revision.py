@@ -352,7 +352,7 @@ def test_report_without_truth_ranks_by_change(toy2d):
     assert rep["mean"]["dice_revised"] == pytest.approx(1.0) and tree_digest(ds / "labelsTr") == labels_before
 
 
-def test_branch_wrapper_turns_noise_branch_into_binary_segmentation():
+def test_branch_wrapper_turns_both_noise_branches_into_noise_codes():
     import torch
 
     K = 3
@@ -360,28 +360,45 @@ def test_branch_wrapper_turns_noise_branch_into_binary_segmentation():
     class FakeNIN(torch.nn.Module):
         eval_output = "fused"
 
-        def __init__(self):
+        def __init__(self, over, under):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
+            self.over, self.under = over, under
 
         def forward(self, x):
             assert self.eval_output == "branches"
             b = x.shape[0]
-            revised = torch.zeros(b, K, 2, 2)
-            over = torch.tensor([[[5., 5.], [5., 5.]], [[2., -1.], [-3., -4.]], [[-2., -1.], [-3., 1.]]])
-            under = torch.tensor([[[5., 5.], [5., 5.]], [[-2., -1.], [-3., -4.]], [[-2., -1.], [-3., -4.]]])
-            return torch.cat([revised, over.expand(b, -1, -1, -1), under.expand(b, -1, -1, -1)], dim=1)
+            revised = torch.zeros(b, K, *self.over.shape[1:])
+            return torch.cat([revised, self.over.expand(b, -1, -1, -1), self.under.expand(b, -1, -1, -1)], dim=1)
 
-    net = FakeNIN()
-    over = rv._BranchAsBinarySegmentation(net, 1, K)
-    out = over(torch.zeros(2, 1, 2, 2))
-    assert out.shape == (2, K, 2, 2) and net.eval_output == "fused"
-    # flagged where any FOREGROUND channel's logit > 0 (the background channel's 5 is ignored)
-    np.testing.assert_array_equal(out.argmax(1)[0].numpy(), [[1, 0], [0, 1]])
-    np.testing.assert_array_equal(rv._BranchAsBinarySegmentation(net, 2, K)(torch.zeros(1, 1, 2, 2)).argmax(1)[0],
-                                  [[0, 0], [0, 0]])
+    over = torch.tensor([[[5., 5.], [5., 5.]], [[2., -1.], [-3., -4.]], [[-2., -1.], [-3., 1.]]])
+    under = torch.tensor([[[5., 5.], [5., 5.]], [[-2., 3.], [-3., -4.]], [[1., -1.], [-3., -4.]]])
+    net = FakeNIN(over, under)
+    wrapped = rv._branches_as_noise_code(net, K)
+    out = wrapped(torch.zeros(2, 1, 2, 2))
+    assert out.shape == (2, len(rv.NOISE_MAP_LABELS), 2, 2) and net.eval_output == "fused"
+    # flagged where any FOREGROUND channel's logit > 0 (the background channels' 5 are ignored):
+    # over flags [[1, 0], [0, 1]], under flags [[1, 1], [0, 0]]
+    np.testing.assert_array_equal(out.argmax(1)[0].numpy(), [[rv.NOISE_SWAP, rv.NOISE_UNDER],
+                                                             [rv.NOISE_NONE, rv.NOISE_OVER]])
+    assert torch.allclose(out.exp().sum(1), torch.ones(2, 2, 2))  # joint probabilities of the two flags
+
+    # nnU-Net averages logits over windows and mirrors, then takes the argmax: that must flag where the averaged
+    # branch logit is positive, as predicting each branch alone would
+    g = torch.Generator().manual_seed(0)
+    o1, o2, u1, u2 = (4 * torch.randn(K, 8, 8, generator=g) for _ in range(4))
+    mean = (rv._branches_as_noise_code(FakeNIN(o1, u1), K)(torch.zeros(1, 1, 8, 8))
+            + rv._branches_as_noise_code(FakeNIN(o2, u2), K)(torch.zeros(1, 1, 8, 8))) / 2
+    o_avg = ((o1 + o2) / 2)[1:].amax(0)
+    u_avg = ((u1 + u2) / 2)[1:].amax(0)
+    expected = (o_avg > 0).long() * rv.NOISE_OVER + (u_avg > 0).long() * rv.NOISE_UNDER
+    both_max = (o1[1:].argmax(0) == o2[1:].argmax(0)) & (u1[1:].argmax(0) == u2[1:].argmax(0))
+    # (amax and mean commute where both windows agree on the strongest foreground class)
+    np.testing.assert_array_equal(mean.argmax(1)[0][both_max].numpy(), expected[both_max].numpy())
+    assert both_max.sum() > 20
+
     # the predictor loads checkpoints into the wrapper: they must land in the wrapped network
-    over.load_state_dict({"w": torch.ones(1)})
+    wrapped.load_state_dict({"w": torch.ones(1)}, strict=False)
     assert net.w.item() == 1.0
 
 

@@ -494,38 +494,36 @@ class NnUNetModelStep:
                                          self.num_processes, self.num_processes)
 
     def predict_branch_noise_maps(self, model_folder: Path, aux: AuxDataset) -> Path | None:
-        """Noise maps from the network's over/under-annotation branches (``eval_output='branches'``).
+        """Noise maps from the network's over/under-annotation branches (``eval_output='branches'``), in one pass.
 
-        Each branch is run through nnU-Net's predictor as a binary segmentation (flagged for any foreground class),
-        so sliding window, mirroring and resampling back to the original geometry are nnU-Net's own. Returns the
-        folder of combined per-case maps (codes as :data:`NOISE_MAP_LABELS`), or None for networks without branches.
+        Both branches are run together through nnU-Net's predictor as a 4-class segmentation whose classes are the
+        noise-map codes (see :func:`_branches_as_noise_code`), so sliding window, mirroring and resampling back to the
+        original geometry are nnU-Net's own. Returns the folder of per-case maps (codes as :data:`NOISE_MAP_LABELS`),
+        or None for networks without branches.
         """
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+
         ensure_plugin_trainers_visible()
         predictor = nnUNetPredictor(device=torch.device(self.device), allow_tqdm=self.progress, verbose=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
-        network = predictor.network
+        network, label_manager, dataset_json = predictor.network, predictor.label_manager, predictor.dataset_json
         if not hasattr(network, "eval_output"):
             return None
-        num_classes = predictor.label_manager.num_segmentation_heads
         root = aux.folder / BRANCH_NOISE_DIR
         if root.exists():
             shutil.rmtree(root)
-        for index, branch in ((1, "over"), (2, "under")):
-            predictor.network = _BranchAsBinarySegmentation(network, index, num_classes)
-            (root / branch).mkdir(parents=True)
-            predictor.predict_from_files_sequential(str(aux.images_ts), str(root / branch), False, True)
-        predictor.network = network
-        fe = aux.dataset_json["file_ending"]
-        rw = raw_dataset.reader_writer(aux.dataset_json, root / "over" / f"{aux.predict_ids[0]}{fe}")
-        (root / "combined").mkdir()
-        for case_id in aux.predict_ids:
-            over, props = rw.read_seg(str(root / "over" / f"{case_id}{fe}"))
-            under, _ = rw.read_seg(str(root / "under" / f"{case_id}{fe}"))
-            code = (over[0] > 0).astype(np.uint8) * NOISE_OVER + (under[0] > 0).astype(np.uint8) * NOISE_UNDER
-            rw.write_seg(code, str(root / "combined" / f"{case_id}{fe}"), props)
+        (root / "combined").mkdir(parents=True)
+        # the exporter builds its label manager from the dataset.json: present the noise codes as the classes
+        codes = {("background" if v == NOISE_NONE else k): v for k, v in NOISE_MAP_LABELS.items()}
+        predictor.dataset_json = {**dataset_json, "labels": codes}
+        predictor.label_manager = predictor.plans_manager.get_label_manager(predictor.dataset_json)
+        predictor.network = _branches_as_noise_code(network, label_manager.num_segmentation_heads)
+        try:
+            predictor.predict_from_files_sequential(str(aux.images_ts), str(root / "combined"), False, True)
+        finally:
+            predictor.network, predictor.label_manager, predictor.dataset_json = network, label_manager, dataset_json
         return root / "combined"
 
     def __call__(self, aux: AuxDataset, output_folder: Path) -> dict:
@@ -546,18 +544,24 @@ class NnUNetModelStep:
                 "plans_identifier": self.plans_identifier, "device": self.device}
 
 
-def _branch_as_binary_segmentation_class():
+def _branches_as_noise_code_class():
     import torch
     from torch import nn
 
-    class BranchAsBinarySegmentation(nn.Module):
-        """Presents one noise branch of a noise identification network to nnU-Net's predictor as K-class logits:
-        channel 0 = 0, channel 1 = max over foreground classes of the branch logits, the rest very low, so the
-        predictor's argmax is 'branch flags this voxel' (sigmoid > 0.5)."""
+    class BranchesAsNoiseCode(nn.Module):
+        """Presents the over/under branches of a noise identification network to nnU-Net's predictor as 4-class
+        logits, one class per noise-map code (none, over, under, both = class swap).
 
-        def __init__(self, network: nn.Module, branch_index: int, num_classes: int):
+        A voxel is flagged by a branch where the branch's largest foreground logit ``o`` is positive (sigmoid > 0.5).
+        The class logits are the joint log-probabilities of the two independent flags, e.g. ``log s(o) + log s(-u)``
+        for "over only". Since ``log s(o) - log s(-o) = o``, averaging over windows and mirrors and linear resampling
+        of these logits, followed by argmax, flags exactly where the averaged or resampled ``o`` is positive: the same
+        decision as predicting each branch alone, in one network pass.
+        """
+
+        def __init__(self, network: nn.Module, num_classes: int):
             super().__init__()
-            self.network, self.branch_index, self.num_classes = network, branch_index, num_classes
+            self.network, self.num_classes = network, num_classes
 
         def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
             return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
@@ -572,17 +576,18 @@ def _branch_as_binary_segmentation_class():
             if isinstance(out, (list, tuple)):
                 out = out[0]
             K = self.num_classes
-            logits = out[:, self.branch_index * K + 1:(self.branch_index + 1) * K].amax(dim=1, keepdim=True)
-            res = torch.full((out.shape[0], K, *out.shape[2:]), -1e4, dtype=out.dtype, device=out.device)
-            res[:, :1] = 0
-            res[:, 1:2] = logits
-            return res
+            o = out[:, K + 1:2 * K].amax(dim=1, keepdim=True).float()
+            u = out[:, 2 * K + 1:3 * K].amax(dim=1, keepdim=True).float()
+            lo1, lo0 = nn.functional.logsigmoid(o), nn.functional.logsigmoid(-o)
+            lu1, lu0 = nn.functional.logsigmoid(u), nn.functional.logsigmoid(-u)
+            codes = {NOISE_NONE: lo0 + lu0, NOISE_OVER: lo1 + lu0, NOISE_UNDER: lo0 + lu1, NOISE_SWAP: lo1 + lu1}
+            return torch.cat([codes[c] for c in sorted(codes)], dim=1).to(out.dtype)
 
-    return BranchAsBinarySegmentation
+    return BranchesAsNoiseCode
 
 
-def _BranchAsBinarySegmentation(network, branch_index: int, num_classes: int):
-    return _branch_as_binary_segmentation_class()(network, branch_index, num_classes)
+def _branches_as_noise_code(network, num_classes: int):
+    return _branches_as_noise_code_class()(network, num_classes)
 
 
 @contextlib.contextmanager
