@@ -570,3 +570,79 @@ def test_revision_moves_labels_closer_to_truth(nnunet_env, tmp_path, monkeypatch
     assert mean["num_with_truth"] == 5
     assert mean["dice_revised"] > mean["dice_imperfect"] + 0.05, mean
     assert mean["hd95_revised"] < mean["hd95_imperfect"], mean
+
+
+# ------------------------------------------------------------------------------------------------ consistency gate
+def test_relative_change_golden():
+    from nnunet_noisylabels.preprocessing.consistency import relative_change
+
+    imp = np.array([[0, 1, 1, 0], [0, 1, 2, 0]])
+    rev = np.array([[0, 1, 0, 0], [1, 1, 1, 0]])
+    # union of foreground: 5 voxels; changed: (0,2) 1->0, (1,0) 0->1, (1,2) 2->1
+    assert rel_close(relative_change(imp, rev), 3 / 5)
+    assert relative_change(imp, imp) == 0.0
+    assert relative_change(np.zeros((3, 3)), np.zeros((3, 3))) == 0.0
+    with pytest.raises(ValueError, match="shape mismatch"):
+        relative_change(imp, rev[:, :3])
+
+
+def rel_close(a, b):
+    return abs(a - b) < 1e-12
+
+
+def test_consistent_cases_keeps_only_a_group_that_stands_apart():
+    from nnunet_noisylabels.preprocessing.consistency import consistent_cases
+
+    rng = np.random.default_rng(0)
+    # 30% untouched labels (the model changes ~3% of them), 70% corrupted (~35% changed)
+    scores = {f"a{i}": float(rng.uniform(0.01, 0.05)) for i in range(12)}
+    scores.update({f"b{i}": float(rng.uniform(0.25, 0.45)) for i in range(28)})
+    kept, info = consistent_cases(scores)
+    assert kept == {f"a{i}" for i in range(12)}
+    assert info["applied"] and info["num_kept"] == 12 and info["ratio"] > 3
+    # every label corrupted alike: one broad group, nothing kept
+    alike = {f"c{i}": float(v) for i, v in enumerate(rng.normal(0.3, 0.05, 40).clip(0.05))}
+    kept, info = consistent_cases(alike)
+    assert kept == set() and not info["applied"] and "not apart" in info["reason"]
+    # too few cases to split, or all alike
+    assert consistent_cases({k: scores[k] for k in list(scores)[:5]})[0] == set()
+    assert consistent_cases({f"d{i}": 0.2 for i in range(10)})[1]["reason"] == "all cases changed alike"
+    with pytest.raises(ValueError, match="min_ratio"):
+        consistent_cases(scores, min_ratio=1.0)
+
+
+class NearTruthStep(TruthStep):
+    """Fake model step with a model's small error: the true label minus one foreground voxel."""
+
+    def __call__(self, aux, out):
+        info = super().__call__(aux, out)
+        for c in aux.predict_ids:
+            lab = _read(out / f"{c}.png")
+            first = tuple(np.argwhere(lab > 0)[0])
+            lab[first] = 0
+            _write_png(lab, out / f"{c}.png")
+        return info
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_revision_keeps_untouched_labels_the_model_agrees_with(tmp_path, keep):
+    ds, truth = make_dataset(tmp_path / "raw", n_cases=16, n_clean=2)
+    untouched = [f"toy_{i:03d}" for i in range(2, 8)]  # their imperfect label is already correct
+    for c in untouched:
+        shutil.copy(truth / f"{c}.png", ds / "labelsTr" / f"{c}.png")
+    manifest = rv.revise_dataset(ds, model_step=NearTruthStep(truth), aux_folder=str(tmp_path / "aux"),
+                                 keep_consistent=keep, progress=False, log=lambda s: None)
+    gate = manifest["consistency_gate"]
+    assert gate["applied"] is keep
+    for i in range(2, 16):
+        c = f"toy_{i:03d}"
+        lab = _read(ds / "labelsTr" / f"{c}.png")
+        predicted = _read(tmp_path / "aux" / "predictionsTs" / f"{c}.png")
+        if keep and c in untouched:
+            np.testing.assert_array_equal(lab, _read(truth / f"{c}.png"))  # the correct label survives
+            assert manifest["cases"][c]["kept_imperfect"] and manifest["cases"][c]["consistency_score"] < 0.05
+        else:
+            np.testing.assert_array_equal(lab, predicted)
+            assert "kept_imperfect" not in manifest["cases"][c]
+    if keep:
+        assert gate["num_kept"] == len(untouched)

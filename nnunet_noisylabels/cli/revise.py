@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_report", action="store_true", help="Do not write the revision report.")
     p.add_argument("--remove_aux", action="store_true",
                    help="Delete the auxiliary raw dataset afterwards (the trained model stays in nnUNet_results).")
+    p.add_argument("--no_keep_consistent", dest="keep_consistent", action="store_false",
+                   help="Revise every imperfect-only case. By default the cases whose revision barely changes their "
+                        "label keep the imperfect label, when such a group stands clearly apart from the rest "
+                        "(Otsu split of the per-case relative change; see --consistency_ratio).")
+    p.add_argument("--consistency_ratio", type=float, default=3.0,
+                   help="The kept group's mean relative change must be at most 1/RATIO of the other group's. "
+                        "Default: 3.")
     p.add_argument("--no_pbar", action="store_true", help="Disable progress bars.")
     return p
 
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                        trainer=args.tr, configuration=args.c, fold=args.f, device=args.device,
                        num_processes=args.np, model_folder=args.model, save_noise_maps=not args.no_noise_maps,
                        truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
+                       keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
                        progress=not args.no_pbar)
     except (ValueError, FileNotFoundError) as e:
         print(f"nnUNetv2_nl_revise: error: {e}", file=sys.stderr)

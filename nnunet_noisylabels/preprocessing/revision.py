@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from nnunet_noisylabels.preprocessing.aux_dataset import (
     imperfect_label_to_channels,
     label_channel_names,
 )
+from nnunet_noisylabels.preprocessing.consistency import consistent_cases, relative_change
 from nnunet_noisylabels.utilities import raw_dataset
 from nnunet_noisylabels.utilities.raw_dataset import RawDatasetError
 
@@ -666,15 +667,35 @@ def noise_statistics(nmap: np.ndarray) -> dict[str, float]:
             "fraction_swap": float((nmap == NOISE_SWAP).sum()) / n}
 
 
+def consistency_gate(inputs: RevisionInputs, predictions: Path, min_ratio: float = 3.0, progress: bool = False
+                     ) -> tuple[dict[str, float], dict]:
+    """Scores every revised case by :func:`.consistency.relative_change` and applies
+    :func:`.consistency.consistent_cases`. Returns ({kept case id: score}, the gate's record for the manifest)."""
+    fe = inputs.file_ending
+    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    scores = {}
+    for case_id in _progress(inputs.revise_ids, "Consistency of the revisions", progress):
+        imp = rw.read_seg(str(inputs.imperfect_label(case_id)))[0]
+        rev = rw.read_seg(str(Path(predictions) / f"{case_id}{fe}"))[0]
+        if rev.shape != imp.shape:
+            raise RuntimeError(f"Revised label of '{case_id}' has shape {rev.shape[1:]}, the imperfect one "
+                               f"{imp.shape[1:]}; {LABELS_DIR}/ was left unchanged.")
+        scores[case_id] = relative_change(imp, rev)
+    kept, info = consistent_cases(scores, min_ratio=min_ratio)
+    return {c: scores[c] for c in kept}, info
+
+
 def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root: Path, progress: bool = False,
                          save_noise_maps: bool = True, branch_noise_maps: Path | None = None,
-                         before_swap: Callable[[], None] | None = None) -> dict[str, dict]:
+                         before_swap: Callable[[], None] | None = None,
+                         keep_imperfect: Mapping[str, float] | None = None) -> dict[str, dict]:
     """Assemble the revised ``labelsTr`` (and ``noise_maps``) of ``target_root`` and swap them in atomically.
 
     Clean cases get their clean label; the others get their prediction from ``predictions/``. Everything is
     checked and written into temporary folders first; ``labelsTr`` is replaced only when all cases are done.
     Noise maps: for revised cases the network's branch maps from ``branch_noise_maps`` when given, else the
     difference imperfect vs revised; for clean cases always the difference imperfect vs clean (the true noise).
+    Cases in ``keep_imperfect`` (case id -> consistency score, see :mod:`.consistency`) keep their imperfect label.
 
     Returns:
         per-case records for the manifest.
@@ -692,7 +713,9 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
     try:
         for case_id in _progress(inputs.case_ids, "Writing revised labels", progress):
             is_clean = case_id in set(inputs.clean_ids)
-            src = inputs.clean_label(case_id) if is_clean else Path(predictions) / f"{case_id}{fe}"
+            kept = not is_clean and keep_imperfect is not None and case_id in keep_imperfect
+            src = inputs.clean_label(case_id) if is_clean else inputs.imperfect_label(case_id) if kept \
+                else Path(predictions) / f"{case_id}{fe}"
             imp, imp_props = rw.read_seg(str(inputs.imperfect_label(case_id)))
             new, new_props = rw.read_seg(str(src))
             if new.shape != imp.shape:
@@ -717,6 +740,8 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
                                 "imperfect_sha256": _sha256(inputs.imperfect_label(case_id)), **stats,
                                 "noise_map_from": "branches" if branch_noise_maps is not None and not is_clean
                                 else "difference"}
+            if kept:
+                records[case_id].update({"kept_imperfect": True, "consistency_score": keep_imperfect[case_id]})
         if before_swap is not None:
             before_swap()
         swap_in_folder(tmp_labels, target_root / LABELS_DIR)
@@ -782,7 +807,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                    trainer: str | None = None, configuration: str | None = None, fold: str = "all",
                    device: str | None = None, num_processes: int = 1, model_folder: str | None = None,
                    save_noise_maps: bool = True, truth_folder: str | None = None, report: bool = True,
-                   keep_aux: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+                   keep_aux: bool = True, keep_consistent: bool = True, consistency_ratio: float = 3.0,
+                   progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Revise the imperfect labels of a raw nnU-Net dataset with a model trained on its clean pairs.
 
     In place (default): the imperfect labels are preserved in ``labelsTr_imperfect/``, ``labelsTr/`` is replaced
@@ -804,6 +830,9 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         truth_folder: true labels (e.g. of the clean dataset a corrupted copy came from) for the report's Dice/HD95.
         report: write the revision report (JSON, CSV, Markdown, PNG overlays).
         keep_aux: keep the auxiliary dataset after the run (it holds the trained model's inputs).
+        keep_consistent: keep the imperfect label of the cases the model agrees with (case-level gate, see
+            :mod:`nnunet_noisylabels.preprocessing.consistency`); it acts only when such a group stands apart.
+        consistency_ratio: the gate's ``min_ratio``.
         progress: progress bars.
         log: where progress messages go.
 
@@ -857,9 +886,15 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         if out_final is not None:
             _populate_output_dataset(inputs, target_root, progress)
         branch_maps = model_info.get("branch_noise_maps")
+        keep, gate = {}, {"applied": False, "reason": "disabled (--no_keep_consistent)"}
+        if keep_consistent:
+            keep, gate = consistency_gate(inputs, pred_dir, consistency_ratio, progress)
+            log(f"Consistency gate: {gate['num_kept']} case(s) keep their imperfect label"
+                + ("" if gate["applied"] else f" ({gate.get('reason')})"))
         records = write_revised_labels(inputs, pred_dir, target_root, progress=progress,
                                        save_noise_maps=save_noise_maps,
-                                       branch_noise_maps=Path(branch_maps) if branch_maps else None)
+                                       branch_noise_maps=Path(branch_maps) if branch_maps else None,
+                                       keep_imperfect=keep)
         manifest = {
             "format": "nnunet_noisylabels.revision/1",
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -878,6 +913,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                                "cases)" if branch_maps else "difference imperfect vs revised/clean",
             "num_clean": len(inputs.clean_ids),
             "num_revised": len(inputs.revise_ids),
+            "consistency_gate": gate,
             "versions": {"nnunet_noisylabels": _plugin_version(), "nnunetv2": _nnunet_version()},
             "cases": records,
         }
