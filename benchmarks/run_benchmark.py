@@ -198,6 +198,8 @@ class Runner:
         cmd = [str(self.bin / "nnUNetv2_nl_revise"), "-d", str(self.ids["noisy"]), "--method", method,
                "-o", out_name, "--truth", str(self.folder("source") / "labelsTr"), "-device", self.args.device,
                "-np", str(self.args.np), "--no_pbar"]
+        if self.args.disable_tta:
+            cmd.append("--disable_tta")
         if method == "nin":
             cmd += ["-tr", "NoiseIdentificationTrainer_budget"]
         else:
@@ -234,7 +236,8 @@ class Runner:
         shutil.rmtree(tmp_pred, ignore_errors=True)
         self.sh([str(self.bin / "nnUNetv2_predict"), "-i", str(self.folder("source") / "imagesTs"), "-o", str(tmp_pred),
                  "-d", str(ds), "-c", config, "-f", "all", "-tr", trainer, "-device", self.args.device,
-                 "-npp", "0", "-nps", "0", "--disable_progress_bar"], f"predict_{arm}")
+                 "-npp", "0", "-nps", "0", "--disable_progress_bar",
+                 *(["--disable_tta"] if self.args.disable_tta else [])], f"predict_{arm}")
         scores = score_folder(self.folder("source") / "labelsTs", tmp_pred,
                               json.loads((self.folder("source") / "dataset.json").read_text()))
         (tmp_pred / "scores.json").write_text(json.dumps(scores, indent=1))
@@ -264,6 +267,7 @@ class Runner:
         settings = {"source": a.source, "size": a.size, "protocol": a.protocol, "corrupt_extra": a.corrupt_extra,
                     "clean_fraction": a.clean_fraction, "seed": a.seed, "num_test": a.num_test,
                     "split_seed": a.split_seed, "configuration": a.configuration, "device": a.device,
+                    "disable_tta": a.disable_tta,
                     "budget": self.budget}
         write_settings(self.work / "settings.json", settings)
         self.make_source()
@@ -393,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="epochs of the phase-1 models (noise identification network; clean-only baseline)")
     p.add_argument("-c", "--configuration", default=None, help="default 2d for JSRT, 3d_fullres for hippocampus")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--disable_tta", action="store_true",
+                   help="no test-time mirroring, for the revision and every arm's test predictions (3D on CPU)")
     p.add_argument("-np", type=int, default=2)
     p.add_argument("--base_id", type=int, default=700)
     p.add_argument("--work", required=True, help="folder of the benchmark's nnU-Net folders and results")

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consistency_ratio", type=float, default=3.0,
                    help="The kept group's mean relative change must be at most 1/RATIO of the other group's. "
                         "Default: 3.")
+    p.add_argument("--disable_tta", action="store_true",
+                   help="No test-time mirroring when predicting the revisions (as nnUNetv2_predict --disable_tta; "
+                        "4-8x faster on CPU, slightly less accurate).")
     p.add_argument("--no_pbar", action="store_true", help="Disable progress bars.")
     return p
 
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                        num_processes=args.np, model_folder=args.model, save_noise_maps=not args.no_noise_maps,
                        truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
                        keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
+                       use_mirroring=not args.disable_tta,
                        progress=not args.no_pbar)
     except (ValueError, FileNotFoundError) as e:
         print(f"nnUNetv2_nl_revise: error: {e}", file=sys.stderr)

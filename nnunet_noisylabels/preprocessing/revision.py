@@ -437,6 +437,7 @@ class NnUNetModelStep:
         model_folder: a trained model folder (``.../Trainer__Plans__config``) to reuse instead of training.
         checkpoint: checkpoint file name used for prediction.
         progress: nnU-Net's progress bars.
+        use_mirroring: nnU-Net's test-time mirroring when predicting (off: 4x (2D) to 8x (3D) faster on CPU).
     """
 
     configuration: str | None = None
@@ -450,6 +451,7 @@ class NnUNetModelStep:
     progress: bool = True
     dimensionality: int = 3
     save_noise_maps: bool = True
+    use_mirroring: bool = True
 
     def _config(self) -> str:
         return self.configuration or ("2d" if self.dimensionality == 2 else "3d_fullres")
@@ -486,7 +488,8 @@ class NnUNetModelStep:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         ensure_plugin_trainers_visible()
-        predictor = nnUNetPredictor(device=torch.device(self.device), allow_tqdm=self.progress, verbose=False)
+        predictor = nnUNetPredictor(device=torch.device(self.device), use_mirroring=self.use_mirroring,
+                                    allow_tqdm=self.progress, verbose=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
         if self.num_processes <= 1:
             predictor.predict_from_files_sequential(str(input_folder), str(output_folder), False, True)
@@ -507,7 +510,8 @@ class NnUNetModelStep:
 
 
         ensure_plugin_trainers_visible()
-        predictor = nnUNetPredictor(device=torch.device(self.device), allow_tqdm=self.progress, verbose=False)
+        predictor = nnUNetPredictor(device=torch.device(self.device), use_mirroring=self.use_mirroring,
+                                    allow_tqdm=self.progress, verbose=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
         network, label_manager, dataset_json = predictor.network, predictor.label_manager, predictor.dataset_json
         if not hasattr(network, "eval_output"):
@@ -542,7 +546,7 @@ class NnUNetModelStep:
                 "branch_noise_maps": str(branch_maps) if branch_maps is not None else None,
                 "checkpoint": self.checkpoint, "checkpoint_sha256": _sha256(ckpt) if ckpt.is_file() else None,
                 "trainer": _load_checkpoint_trainer_name(ckpt) or self.trainer, "configuration": self._config(),
-                "plans_identifier": self.plans_identifier, "device": self.device}
+                "plans_identifier": self.plans_identifier, "device": self.device, "use_mirroring": self.use_mirroring}
 
 
 def _branches_as_noise_code_class():
@@ -808,6 +812,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                    device: str | None = None, num_processes: int = 1, model_folder: str | None = None,
                    save_noise_maps: bool = True, truth_folder: str | None = None, report: bool = True,
                    keep_aux: bool = True, keep_consistent: bool = True, consistency_ratio: float = 3.0,
+                   use_mirroring: bool = True,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Revise the imperfect labels of a raw nnU-Net dataset with a model trained on its clean pairs.
 
@@ -833,6 +838,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         keep_consistent: keep the imperfect label of the cases the model agrees with (case-level gate, see
             :mod:`nnunet_noisylabels.preprocessing.consistency`); it acts only when such a group stands apart.
         consistency_ratio: the gate's ``min_ratio``.
+        use_mirroring: test-time mirroring of the revision model's predictions (nnU-Net's default: on).
         progress: progress bars.
         log: where progress messages go.
 
@@ -864,7 +870,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         model_step = NnUNetModelStep(configuration=configuration, trainer=trainer or DEFAULT_TRAINERS[method],
                                      fold=str(fold), device=device, num_processes=num_processes,
                                      model_folder=model_folder, progress=progress,
-                                     dimensionality=inputs.dimensionality, save_noise_maps=save_noise_maps)
+                                     dimensionality=inputs.dimensionality, save_noise_maps=save_noise_maps,
+                                     use_mirroring=use_mirroring)
     if aux_folder is None:
         if not os.environ.get("nnUNet_raw"):
             raise RevisionError("nnUNet_raw is not set: the auxiliary dataset is built there.")
