@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
          "-np", "2", "--no_pbar"], env, log)
     raw = Path(env["nnUNet_raw"])
     report = json.loads(next(raw.glob(f"Dataset{REVISED_ID}_*/labelsTr_revision_report/report.json")).read_text())
-    revised_cases = [c for c in report["cases"].values() if "dice_revised" in c and c.get("source") == "revised"]
-    label_imp = sum(c["dice_imperfect"] for c in revised_cases) / len(revised_cases)
-    label_rev = sum(c["dice_revised"] for c in revised_cases) / len(revised_cases)
+    label_mean = report["mean"]  # over the imperfect-only (revised) cases
 
     dj = load_dataset_json(source)
     results = {}
@@ -102,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
              "--disable_progress_bar"], env, log)
         results[what] = evaluate_folder(source / "labelsTs", pred, dj)["foreground_mean"]["Dice"]
 
-    print(f"\nLabel quality of the {len(revised_cases)} imperfect-only training cases (Dice vs clean labels):")
-    print(f"  imperfect {label_imp:.3f} -> revised {label_rev:.3f}")
+    print(f"\nLabel quality of the {label_mean['num_with_truth']} imperfect-only training cases (Dice vs clean "
+          f"labels):")
+    print(f"  imperfect {label_mean['dice_imperfect']:.3f} -> revised {label_mean['dice_revised']:.3f}")
     print("Test Dice on the 10 held-out cases:")
     for what, d in results.items():
         print(f"  {what:40s} {d:.3f}")

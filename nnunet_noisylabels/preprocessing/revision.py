@@ -483,7 +483,8 @@ class NnUNetModelStep:
         del trainer
         return Path(get_output_folder(aux_id, self.trainer, plans_identifier, self._config()))
 
-    def predict(self, model_folder: Path, input_folder: Path, output_folder: Path) -> None:
+    def predictor(self, model_folder: Path):
+        """An ``nnUNetPredictor`` loaded from ``model_folder`` (fold and checkpoint of this step)."""
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -491,28 +492,23 @@ class NnUNetModelStep:
         predictor = nnUNetPredictor(device=torch.device(self.device), use_mirroring=self.use_mirroring,
                                     allow_tqdm=self.progress, verbose=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
+        return predictor
+
+    def predict(self, predictor, input_folder: Path, output_folder: Path) -> None:
         if self.num_processes <= 1:
             predictor.predict_from_files_sequential(str(input_folder), str(output_folder), False, True)
         else:
             predictor.predict_from_files(str(input_folder), str(output_folder), False, True,
                                          self.num_processes, self.num_processes)
 
-    def predict_branch_noise_maps(self, model_folder: Path, aux: AuxDataset) -> Path | None:
+    def predict_branch_noise_maps(self, predictor, aux: AuxDataset) -> Path | None:
         """Noise maps from the network's over/under-annotation branches (``eval_output='branches'``), in one pass.
 
         Both branches are run together through nnU-Net's predictor as a 4-class segmentation whose classes are the
         noise-map codes (see :func:`_branches_as_noise_code`), so sliding window, mirroring and resampling back to the
         original geometry are nnU-Net's own. Returns the folder of per-case maps (codes as :data:`NOISE_MAP_LABELS`),
-        or None for networks without branches.
+        or None for networks without branches. ``predictor`` is left as it was given.
         """
-        import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-
-        ensure_plugin_trainers_visible()
-        predictor = nnUNetPredictor(device=torch.device(self.device), use_mirroring=self.use_mirroring,
-                                    allow_tqdm=self.progress, verbose=False)
-        predictor.initialize_from_trained_model_folder(str(model_folder), (self.fold,), self.checkpoint)
         network, label_manager, dataset_json = predictor.network, predictor.label_manager, predictor.dataset_json
         if not hasattr(network, "eval_output"):
             return None
@@ -539,8 +535,9 @@ class NnUNetModelStep:
         else:
             model = self.train(aux)
             trained = True
-        self.predict(model, aux.images_ts, output_folder)
-        branch_maps = self.predict_branch_noise_maps(model, aux) if self.save_noise_maps else None
+        predictor = self.predictor(model)  # one checkpoint load for the revisions and the noise maps
+        self.predict(predictor, aux.images_ts, output_folder)
+        branch_maps = self.predict_branch_noise_maps(predictor, aux) if self.save_noise_maps else None
         ckpt = model / f"fold_{self.fold}" / self.checkpoint
         return {"model_folder": str(model), "trained_here": trained, "fold": self.fold,
                 "branch_noise_maps": str(branch_maps) if branch_maps is not None else None,
