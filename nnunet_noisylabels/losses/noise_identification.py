@@ -49,6 +49,56 @@ def imperfect_label_from_channels(label_channels: torch.Tensor, threshold: float
     return torch.where(values > threshold, idx + 1, torch.zeros_like(idx))
 
 
+def perturb_label_channels(label_channels: torch.Tensor, drop_probability: float = 0.0,
+                           morph_probability: float = 0.0, max_radius: int = 2,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time augmentation of the imperfect-label input, per sample (the targets stay the clean label).
+
+    With a handful of clean pairs the network sees only a handful of draws of the noise; it can learn to copy the
+    label where it is usually right instead of reading the image. Two perturbations counter this:
+
+    - drop: all label channels of the sample set to 0 (the label says "nothing here"), with ``drop_probability``;
+    - morph: otherwise, with ``morph_probability``, every label channel of the sample dilated or eroded (even odds)
+      by a square/cubic structuring element of radius 1..``max_radius`` (max pooling), i.e. more boundary noise of
+      the kind the imperfect labels already have.
+
+    The noise-head targets must be derived from the perturbed input (decode it with
+    :func:`imperfect_label_from_channels` afterwards), so they stay consistent with what the network sees.
+
+    Args:
+        label_channels: (B, K-1, X, Y[, Z]) float, nominally 0/1.
+        drop_probability, morph_probability: per-sample probabilities in [0, 1].
+        max_radius: largest structuring-element radius in voxels (>= 1).
+        generator: optional torch generator (on CPU) for reproducible draws.
+
+    Returns:
+        (B, K-1, X, Y[, Z]) perturbed copy (the input is not modified).
+    """
+    if not (0.0 <= drop_probability <= 1.0 and 0.0 <= morph_probability <= 1.0):
+        raise ValueError(f"Probabilities must lie in [0, 1], got drop {drop_probability}, morph {morph_probability}.")
+    if max_radius < 1:
+        raise ValueError(f"max_radius must be >= 1, got {max_radius}.")
+    out = label_channels.clone()
+    if drop_probability == 0.0 and morph_probability == 0.0:
+        return out
+    b, spatial = out.shape[0], out.dim() - 2
+    pool = F.max_pool2d if spatial == 2 else F.max_pool3d
+    u = torch.rand((b, 3), generator=generator)
+    radii = torch.randint(1, max_radius + 1, (b,), generator=generator)
+    for i in range(b):
+        if u[i, 0] < drop_probability:
+            out[i] = 0
+        elif u[i, 1] < morph_probability:
+            r = int(radii[i])
+            x = (out[i:i + 1] > 0.5).float()
+            if u[i, 2] < 0.5:  # dilate
+                x = pool(x, 2 * r + 1, stride=1, padding=r)
+            else:  # erode
+                x = 1 - pool(1 - x, 2 * r + 1, stride=1, padding=r)
+            out[i] = x[0].to(out.dtype)
+    return out
+
+
 def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B, 1, X, Y[, Z]) integer label map -> (B, K, X, Y[, Z]) float one-hot."""
     if label.shape[1] != 1:

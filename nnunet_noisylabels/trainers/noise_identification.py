@@ -33,7 +33,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_noisylabels.losses.noise_identification import NoiseIdentificationLoss, imperfect_label_from_channels
+from nnunet_noisylabels.losses.noise_identification import (
+    NoiseIdentificationLoss,
+    imperfect_label_from_channels,
+    perturb_label_channels,
+)
 from nnunet_noisylabels.networks.noise_identification import (
     NoiseIdentificationNetwork,
     build_noise_identification_network,
@@ -122,7 +126,9 @@ def predict_branch_logits(predictor, data: torch.Tensor) -> torch.Tensor:
 class NoiseIdentificationTrainer(nnUNetTrainer):
     """nnU-Net trainer for the noise identification network (shared encoder, revised/over/under decoders).
 
-    Hyperparameters (attributes): ``branch_loss_weights`` (revised, over, under). The revision rule is the
+    Hyperparameters (attributes): ``branch_loss_weights`` (revised, over, under); the training-time perturbation
+    of the imperfect-label input (``label_drop_probability``, ``label_morph_probability``,
+    ``label_morph_max_radius``; see :func:`perturb_label_channels`; off by default). The revision rule is the
     network's ``fusion`` attribute (default ``"mean"``); the noise maps come from ``network.eval_output =
     'branches'``.
     """
@@ -135,6 +141,9 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
             raise ValueError("NoiseIdentificationTrainer supports plain K-class labels only (no regions, no ignore "
                              "label); remove 'regions_class_order'/'ignore' from dataset.json of the aux dataset.")
         self.branch_loss_weights = (1.0, 1.0, 1.0)
+        self.label_drop_probability = 0.0
+        self.label_morph_probability = 0.0
+        self.label_morph_max_radius = 2
         self.nin_loss = None
 
     @staticmethod
@@ -193,7 +202,12 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
             target = [i.to(self.device, non_blocking=True) for i in target]
         else:
             target = target.to(self.device, non_blocking=True)
-        imperfect = imperfect_label_from_channels(data[:, self.num_image_channels:])
+        c = self.num_image_channels
+        if self.label_drop_probability > 0 or self.label_morph_probability > 0:
+            data = torch.cat((data[:, :c], perturb_label_channels(
+                data[:, c:], self.label_drop_probability, self.label_morph_probability,
+                self.label_morph_max_radius)), 1)
+        imperfect = imperfect_label_from_channels(data[:, c:])
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
@@ -218,6 +232,32 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         means = {k: float(np.mean([o[k] for o in train_outputs])) for k in ("loss_revised", "loss_over", "loss_under")}
         self.print_to_log_file("branch losses: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items()))
+
+
+class NoiseIdentificationTrainer_labelDrop(NoiseIdentificationTrainer):
+    """The imperfect label is withheld (all zeros) for a third of the training samples."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.label_drop_probability = 1 / 3
+
+
+class NoiseIdentificationTrainer_labelMorph(NoiseIdentificationTrainer):
+    """The imperfect label is dilated or eroded by 1-2 voxels for half of the training samples."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.label_morph_probability = 0.5
+
+
+class NoiseIdentificationTrainer_labelDrop_budget(BudgetMixin, NoiseIdentificationTrainer_labelDrop):
+    budget_from_env = True
+
+
+class NoiseIdentificationTrainer_labelMorph_budget(BudgetMixin, NoiseIdentificationTrainer_labelMorph):
+    budget_from_env = True
 
 
 class NoiseIdentificationTrainer_5epochs(BudgetMixin, NoiseIdentificationTrainer):
