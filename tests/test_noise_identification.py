@@ -24,6 +24,7 @@ from nnunet_noisylabels.losses.noise_identification import (
     noise_corrected_probabilities,
     noise_targets,
     one_hot,
+    perturb_label_channels,
     split_branches,
 )
 from nnunet_noisylabels.networks.noise_identification import build_noise_identification_network
@@ -143,6 +144,38 @@ def test_split_branches():
     assert parts["under"].flatten().tolist() == [6, 7, 8]
     with pytest.raises(ValueError, match="Expected 6 channels"):
         split_branches(t, 2)
+
+
+def test_perturb_label_channels_golden_2d_and_3d():
+    x = torch.zeros(3, 1, 9, 9)
+    x[:, :, 3:6, 3:6] = 1
+    assert torch.equal(perturb_label_channels(x), x)  # off by default, a copy
+    assert perturb_label_channels(x) is not x
+    dropped = perturb_label_channels(x, drop_probability=1.0)
+    assert dropped.sum() == 0 and x.sum() == 27  # input untouched
+    morphed = perturb_label_channels(x, morph_probability=1.0, max_radius=1, generator=torch.Generator().manual_seed(0))
+    sums = sorted(int(m.sum()) for m in morphed)
+    assert set(sums) <= {1, 25} and len(set(sums)) == 2  # 3x3 square eroded to its centre or dilated to 5x5
+    for m in morphed:
+        if m.sum() == 1:
+            assert m[0, 4, 4] == 1
+        else:
+            assert torch.equal(m[0, 2:7, 2:7], torch.ones(5, 5))
+    x3 = torch.zeros(4, 2, 7, 7, 7)
+    x3[:, 0, 2:5, 2:5, 2:5] = 1
+    m3 = perturb_label_channels(x3, morph_probability=1.0, max_radius=1, generator=torch.Generator().manual_seed(1))
+    assert {int(m[0].sum()) for m in m3} <= {1, 125} and m3[:, 1].sum() == 0
+    with pytest.raises(ValueError, match="Probabilities"):
+        perturb_label_channels(x, drop_probability=1.5)
+    with pytest.raises(ValueError, match="max_radius"):
+        perturb_label_channels(x, morph_probability=0.5, max_radius=0)
+
+
+def test_perturb_label_channels_rates():
+    x = torch.ones(2000, 1, 5, 5)
+    g = torch.Generator().manual_seed(0)
+    out = perturb_label_channels(x, drop_probability=0.25, morph_probability=0.0, generator=g)
+    assert abs(float((out.flatten(1).sum(1) == 0).float().mean()) - 0.25) < 0.04
 
 
 def _ce(out, target):
