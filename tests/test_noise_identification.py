@@ -309,6 +309,44 @@ def test_network_rejects_wrong_channel_count_and_rule():
         build_noise_identification_network(name, kw, req, 2, 3)
 
 
+def test_train_step_feeds_the_perturbed_label_to_network_and_loss():
+    """The trainer's hook: with drop probability 1 the network sees zero label channels and the noise targets are
+    derived from that (all background) input, while the image channel is untouched."""
+    from types import SimpleNamespace
+
+    from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer
+
+    seen = {}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen["input"] = x.clone()
+            return {"revised": self.w * x[:, :2], "over": self.w * x[:, :2], "under": self.w * x[:, :2]}
+
+    class Loss:
+        last_components = {"revised": 0.0, "over": 0.0, "under": 0.0}
+
+        def __call__(self, output, target, imperfect):
+            seen["imperfect"] = imperfect.clone()
+            return output["revised"].sum()
+
+    net = Net()
+    data = torch.cat((torch.full((2, 1, 6, 6), 0.3), torch.ones(2, 1, 6, 6)), 1)
+    fake = SimpleNamespace(device=torch.device("cpu"), network=net, nin_loss=Loss(), grad_scaler=None,
+                           optimizer=torch.optim.SGD(net.parameters(), lr=0.1), num_image_channels=1,
+                           label_drop_probability=1.0, label_morph_probability=0.0, label_morph_max_radius=2)
+    NoiseIdentificationTrainer.train_step(fake, {"data": data, "target": torch.zeros(2, 1, 6, 6)})
+    assert torch.equal(seen["input"][:, 0], data[:, 0]) and seen["input"][:, 1].sum() == 0
+    assert seen["imperfect"].sum() == 0
+    fake.label_drop_probability = 0.0  # off: the label reaches both unchanged
+    NoiseIdentificationTrainer.train_step(fake, {"data": data, "target": torch.zeros(2, 1, 6, 6)})
+    assert torch.equal(seen["input"], data) and bool((seen["imperfect"] == 1).all())
+
+
 # --------------------------------------------------------------------------------------------- augmentation guard
 def test_intensity_transforms_leave_label_channels_alone():
     from nnunet_noisylabels.trainers.noise_identification import restrict_intensity_transforms
