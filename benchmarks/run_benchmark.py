@@ -292,7 +292,7 @@ class Runner:
             w = csv.DictWriter(f, keys)
             w.writeheader()
             w.writerows(rows)
-        quality = label_quality(self.work)
+        quality = label_quality(self.work, [self.ids["revised"], self.ids["clean_only_revised"]])
         with open(self.work / "label_quality.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases"])
@@ -356,11 +356,14 @@ def score_folder(ref: Path, pred: Path, dataset_json: dict) -> dict:
     return {"summary": summary, "per_case": per_case}
 
 
-def label_quality(work: Path) -> list[list]:
+def label_quality(work: Path, dataset_ids: list[int]) -> list[list]:
     """Dice vs clean of the imperfect and of the revised labels of the imperfect-only training cases, from the
-    revision reports (``labelsTr_revision_report/report.json``) of the revised datasets."""
+    revision reports (``labelsTr_revision_report/report.json``) of the benchmark's revised datasets (``dataset_ids``;
+    other revisions a user made in the same work folder are left out)."""
     out = []
-    for report in sorted((work / "nnUNet_raw").glob("Dataset*/labelsTr_revision_report/report.json")):
+    reports = sorted(r for i in dataset_ids
+                     for r in (work / "nnUNet_raw").glob(f"Dataset{i:03d}_*/labelsTr_revision_report/report.json"))
+    for report in reports:
         rep = json.loads(report.read_text())
         cases = [c for c in rep["cases"].values() if "dice_revised" in c and c.get("source") == "revised"]
         if not cases:

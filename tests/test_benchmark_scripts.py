@@ -1,7 +1,8 @@
-"""The benchmark helpers that do not train: the results plot."""
+"""The benchmark helpers that do not train: the results plot, the label-quality table."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -46,3 +47,24 @@ def test_plot_refuses_unfinished_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="run_benchmark.py"):
         plot.main([str(tmp_path / "empty"), "-o", str(tmp_path / "x.png")])
+
+
+def test_label_quality_reads_only_the_benchmark_revisions(tmp_path):
+    bench = load_benchmark("run_benchmark")
+
+    def report(name, method, revised):
+        folder = tmp_path / "nnUNet_raw" / name / "labelsTr_revision_report"
+        folder.mkdir(parents=True)
+        cases = {f"c{i}": {"source": "revised", "dice_imperfect": 0.8, "dice_revised": d}
+                 for i, d in enumerate(revised)}
+        cases["k"] = {"source": "clean", "dice_imperfect": 1.0, "dice_revised": 1.0}  # clean pairs are left out
+        (folder / "report.json").write_text(json.dumps({"method": method, "cases": cases}))
+
+    report("Dataset703_X_revised", "nin", [0.9, 0.96])
+    report("Dataset704_X_cleanonly", "clean_only", [0.94, 0.94])
+    report("Dataset710_X_myvariant", "nin", [0.5, 0.5])  # a user's own revision in the same work folder
+    rows = bench.label_quality(tmp_path, [703, 704])
+    assert [r[0] for r in rows] == ["imperfect (as given)", "revised, method nin", "revised, method clean_only"]
+    assert rows[0][1:] == [pytest.approx(0.8), pytest.approx(0.0), 2]
+    assert rows[1][1:] == [pytest.approx(0.93), pytest.approx(0.03), 2]
+    assert rows[2][1] == pytest.approx(0.94)
