@@ -133,6 +133,10 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
     'branches'``.
     """
 
+    label_drop_probability = 0.0
+    label_morph_probability = 0.0
+    label_morph_max_radius = 2
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -141,9 +145,6 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
             raise ValueError("NoiseIdentificationTrainer supports plain K-class labels only (no regions, no ignore "
                              "label); remove 'regions_class_order'/'ignore' from dataset.json of the aux dataset.")
         self.branch_loss_weights = (1.0, 1.0, 1.0)
-        self.label_drop_probability = 0.0
-        self.label_morph_probability = 0.0
-        self.label_morph_max_radius = 2
         self.nin_loss = None
 
     @staticmethod
@@ -241,10 +242,7 @@ class NoiseIdentificationTrainer_labelDrop(NoiseIdentificationTrainer):
     0.9475 to 0.9389 under the alpha/beta protocol (BENCHMARKS.md, phase-1 variants).
     """
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.label_drop_probability = 1 / 3
+    label_drop_probability = 1 / 3
 
 
 class NoiseIdentificationTrainer_labelMorph(NoiseIdentificationTrainer):
@@ -253,10 +251,7 @@ class NoiseIdentificationTrainer_labelMorph(NoiseIdentificationTrainer):
     Not the default: on JSRT lung with Markov noise the revised labels' Dice fell from 0.9547 to 0.9518.
     """
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.label_morph_probability = 0.5
+    label_morph_probability = 0.5
 
 
 class NoiseIdentificationTrainer_labelDrop_budget(BudgetMixin, NoiseIdentificationTrainer_labelDrop):
