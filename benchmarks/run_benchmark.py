@@ -64,7 +64,13 @@ ARMS = {
     "coteaching_noisy": ("noisy", "nnUNetTrainerCoTeaching_NLbudget"),
     "clslr_noisy": ("noisy", "nnUNetTrainerCLSLR_NLbudget"),
     "nnunet_clean_full": ("clean_full", "nnUNetTrainer_NLbudget"),
+    # nnU-Net on the clean-only revision (the baseline revision): compares the two revisions downstream
+    "nnunet_cleanonly_revised": ("clean_only_revised", "nnUNetTrainer_NLbudget"),
 }
+# training labels of an arm -> the benchmark dataset that holds them (see Runner.ids)
+LABEL_DATASETS = {"noisy": "noisy", "clean_subset": "clean_subset", "revised": "revised",
+                  "clean_only_revised": "clean_only_revised", "clean_full": "source"}
+DATASET_KEYS = ["source", "noisy", "clean_subset", "revised", "clean_only_revised"]
 DEFAULT_ARMS = ["nnunet_noisy", "nnunet_clean_subset", "nnunet_revised", "robust_noisy", "robust_revised",
                 "gce_noisy", "coteaching_noisy", "nnunet_clean_full"]
 
@@ -99,7 +105,7 @@ class Runner:
         self.bin = Path(sys.executable).parent
         self.log = self.work / "benchmark.log"
         self.ids = {name: args.base_id + i for i, name in
-                    enumerate(["source", "noisy", "clean_subset", "revised", "clean_only_revised"])}
+                    enumerate(DATASET_KEYS)}
         self.timings: dict[str, float] = {}
         state = self.work / "timings.json"
         if state.is_file():
@@ -213,8 +219,7 @@ class Runner:
 
     def train_and_score(self, arm: str) -> dict:
         labels, trainer = ARMS[arm]
-        key = {"noisy": "noisy", "clean_subset": "clean_subset", "revised": "revised",
-               "clean_full": "source"}[labels]
+        key = LABEL_DATASETS[labels]
         ds = self.ids[key]
         pred = self.work / "predictions" / arm
         result_file = pred / "scores.json"
@@ -275,7 +280,7 @@ class Runner:
         self.make_clean_subset()
         if any(ARMS[arm][0] == "revised" for arm in a.arms) or a.label_quality:
             self.revise("nin")
-        if a.label_quality:
+        if a.label_quality or any(ARMS[arm][0] == "clean_only_revised" for arm in a.arms):
             self.revise("clean_only")
         rows = []
         for i, arm in enumerate(a.arms, 1):

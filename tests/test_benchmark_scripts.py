@@ -68,3 +68,12 @@ def test_label_quality_reads_only_the_benchmark_revisions(tmp_path):
     assert rows[0][1:] == [pytest.approx(0.8), pytest.approx(0.0), 2]
     assert rows[1][1:] == [pytest.approx(0.93), pytest.approx(0.03), 2]
     assert rows[2][1] == pytest.approx(0.94)
+
+
+def test_every_arm_trains_on_a_benchmark_dataset():
+    bench = load_benchmark("run_benchmark")
+    for arm, (labels, trainer) in bench.ARMS.items():
+        assert bench.LABEL_DATASETS[labels] in bench.DATASET_KEYS, arm
+    # the two revisions are compared downstream by arms that train on each
+    assert bench.LABEL_DATASETS[bench.ARMS["nnunet_revised"][0]] == "revised"
+    assert bench.LABEL_DATASETS[bench.ARMS["nnunet_cleanonly_revised"][0]] == "clean_only_revised"
