@@ -82,6 +82,18 @@ BUDGETS = {  # (epochs, iterations per epoch, validation iterations per epoch, r
 }
 
 
+def preprocessing_finished(preprocessed: Path, raw_dataset: Path) -> bool:
+    """Whether nnU-Net's preprocessing of one configuration finished for every training case of ``raw_dataset``.
+
+    nnU-Net writes a case's properties (``.pkl``) after its arrays, so a run killed mid-way leaves fewer ``.pkl``
+    files than cases: it is then redone (nnU-Net clears the folder first) instead of trained on.
+    """
+    if not preprocessed.is_dir():
+        return False
+    num_cases = json.loads((raw_dataset / "dataset.json").read_text())["numTraining"]
+    return len(list(preprocessed.glob("*.pkl"))) >= num_cases
+
+
 class Runner:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -227,7 +239,7 @@ class Runner:
             return json.loads(result_file.read_text())
         config = self.args.configuration
         pre = Path(self.env["nnUNet_preprocessed"]) / self.folder(key).name / f"nnUNetPlans_{config}"
-        if not pre.is_dir():
+        if not preprocessing_finished(pre, self.folder(key)):
             self.sh([str(self.bin / "nnUNetv2_plan_and_preprocess"), "-d", str(ds), "-c", config,
                      "-np", str(self.args.np)], f"preprocess_{key}")
         if trainer.startswith("nnUNetTrainerCLSLR"):

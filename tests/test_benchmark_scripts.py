@@ -77,3 +77,20 @@ def test_every_arm_trains_on_a_benchmark_dataset():
     # the two revisions are compared downstream by arms that train on each
     assert bench.LABEL_DATASETS[bench.ARMS["nnunet_revised"][0]] == "revised"
     assert bench.LABEL_DATASETS[bench.ARMS["nnunet_cleanonly_revised"][0]] == "clean_only_revised"
+
+
+def test_interrupted_preprocessing_is_redone(tmp_path):
+    bench = load_benchmark("run_benchmark")
+    raw = tmp_path / "Dataset702_X"
+    raw.mkdir()
+    (raw / "dataset.json").write_text(json.dumps({"numTraining": 3}))
+    pre = tmp_path / "nnUNetPlans_2d"
+    assert not bench.preprocessing_finished(pre, raw)
+    pre.mkdir()
+    for case in ("a", "b", "c"):
+        (pre / f"{case}.b2nd").write_bytes(b"x")
+    (pre / "a.pkl").write_bytes(b"x")
+    (pre / "b.pkl").write_bytes(b"x")
+    assert not bench.preprocessing_finished(pre, raw)  # killed before the last case's properties were written
+    (pre / "c.pkl").write_bytes(b"x")
+    assert bench.preprocessing_finished(pre, raw)
