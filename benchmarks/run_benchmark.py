@@ -66,11 +66,19 @@ ARMS = {
     "nnunet_clean_full": ("clean_full", "nnUNetTrainer_NLbudget"),
     # nnU-Net on the clean-only revision (the baseline revision): compares the two revisions downstream
     "nnunet_cleanonly_revised": ("clean_only_revised", "nnUNetTrainer_NLbudget"),
+    # nnU-Net / NoiseRobustTrainer on the ensemble revision (both phase-1 models above, softmax averaged)
+    "nnunet_ensemble_revised": ("ensemble_revised", "nnUNetTrainer_NLbudget"),
+    "robust_ensemble_revised": ("ensemble_revised", "NoiseRobustTrainer_budget"),
 }
+# revision method of nnUNetv2_nl_revise -> (benchmark dataset key, dataset name suffix, phase-1 trainer)
+REVISIONS = {"nin": ("revised", "revised", "NoiseIdentificationTrainer_budget"),
+             "clean_only": ("clean_only_revised", "cleanonly", "nnUNetTrainer_NLbudget"),
+             "ensemble": ("ensemble_revised", "ensemble", None)}
 # training labels of an arm -> the benchmark dataset that holds them (see Runner.ids)
 LABEL_DATASETS = {"noisy": "noisy", "clean_subset": "clean_subset", "revised": "revised",
-                  "clean_only_revised": "clean_only_revised", "clean_full": "source"}
-DATASET_KEYS = ["source", "noisy", "clean_subset", "revised", "clean_only_revised"]
+                  "clean_only_revised": "clean_only_revised", "ensemble_revised": "ensemble_revised",
+                  "clean_full": "source"}
+DATASET_KEYS = ["source", "noisy", "clean_subset", "revised", "clean_only_revised", "ensemble_revised"]
 DEFAULT_ARMS = ["nnunet_noisy", "nnunet_clean_subset", "nnunet_revised", "robust_noisy", "robust_revised",
                 "gce_noisy", "coteaching_noisy", "nnunet_clean_full"]
 
@@ -208,20 +216,28 @@ class Runner:
         tmp.rename(out)
 
     def revise(self, method: str) -> None:
-        key = "revised" if method == "nin" else "clean_only_revised"
+        key, suffix, trainer = REVISIONS[method]
         if self.folder(key).is_dir():
             return
         noisy = self.folder("noisy")
-        out_name = f"Dataset{self.ids[key]:03d}_{noisy.name[11:]}_{'revised' if method == 'nin' else 'cleanonly'}"
+        out_name = f"Dataset{self.ids[key]:03d}_{noisy.name[11:]}_{suffix}"
         cmd = [str(self.bin / "nnUNetv2_nl_revise"), "-d", str(self.ids["noisy"]), "--method", method,
                "-o", out_name, "--truth", str(self.folder("source") / "labelsTr"), "-device", self.args.device,
                "-np", str(self.args.np), "--no_pbar"]
         if self.args.disable_tta:
             cmd.append("--disable_tta")
-        if method == "nin":
-            cmd += ["-tr", "NoiseIdentificationTrainer_budget"]
+        if method == "ensemble":
+            # the two phase-1 models of the other revisions, reused: the ensemble costs their two trainings
+            models = {}
+            for m in ("nin", "clean_only"):
+                self.revise(m)
+                aux = json.loads((self.folder(REVISIONS[m][0]) / "labelsTr_revision.json").read_text())["aux_dataset"]
+                models[m] = str(Path(self.env["nnUNet_results"]) / aux /
+                                f"{REVISIONS[m][2]}__nnUNetPlans__{self.args.configuration}")
+            cmd += ["-tr", REVISIONS["nin"][2], "--model", models["nin"], "--clean_only_tr",
+                    REVISIONS["clean_only"][2], "--clean_only_model", models["clean_only"]]
         else:
-            cmd += ["-tr", "nnUNetTrainer_NLbudget"]
+            cmd += ["-tr", trainer]
         saved = self.env["nnUNet_nl_epochs"]
         self.env["nnUNet_nl_epochs"] = str(self.budget["revision_epochs"])
         try:
@@ -294,6 +310,8 @@ class Runner:
             self.revise("nin")
         if a.label_quality or any(ARMS[arm][0] == "clean_only_revised" for arm in a.arms):
             self.revise("clean_only")
+        if any(ARMS[arm][0] == "ensemble_revised" for arm in a.arms):
+            self.revise("ensemble")
         rows = []
         for i, arm in enumerate(a.arms, 1):
             self.say(f"arm {i}/{len(a.arms)}: {arm} ({ARMS[arm][1]} on {ARMS[arm][0]} labels)")
@@ -309,7 +327,7 @@ class Runner:
             w = csv.DictWriter(f, keys)
             w.writeheader()
             w.writerows(rows)
-        quality = label_quality(self.work, [self.ids["revised"], self.ids["clean_only_revised"]])
+        quality = label_quality(self.work, [self.ids[REVISIONS[m][0]] for m in REVISIONS])
         with open(self.work / "label_quality.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases"])

@@ -646,3 +646,124 @@ def test_revision_keeps_untouched_labels_the_model_agrees_with(tmp_path, keep):
             assert "kept_imperfect" not in manifest["cases"][c]
     if keep:
         assert gate["num_kept"] == len(untouched)
+
+
+# ------------------------------------------------------------------------------------------------ ensemble method
+class ProbStep:
+    """Fake model step that writes what ``nnUNetPredictor(save_probabilities=True)`` writes: per case a label file,
+    ``.npz`` probabilities (K, *label shape) and ``.pkl`` image properties. Its probabilities put 0.75 on the true
+    class and 0.25 on the next one, except on ``wrong`` voxels (a function of the case's truth) where 0.6 goes to
+    the wrong class: alone it mislabels those voxels, averaged with a step that is wrong elsewhere it is right."""
+
+    def __init__(self, truth_dir: Path, wrong, num_classes: int = 2):
+        self.truth_dir, self.wrong, self.K, self.calls = truth_dir, wrong, num_classes, []
+
+    def __call__(self, aux: rv.AuxDataset, out: Path) -> dict:
+        from batchgenerators.utilities.file_and_folder_operations import save_pickle
+
+        self.calls.append(aux)
+        fe = aux.dataset_json["file_ending"]
+        rw = reader_writer(aux.dataset_json, aux.images_ts / f"{aux.predict_ids[0]}_0000{fe}")
+        for c in aux.predict_ids:
+            _, props = rw.read_images([str(aux.images_ts / f"{c}_0000{fe}")])
+            truth = rw.read_seg(str(self.truth_dir / f"{c}{fe}"))[0][0].astype(int)
+            other = (truth + 1) % self.K
+            wrong = self.wrong(truth)
+            probs = np.zeros((self.K, *truth.shape), np.float32)
+            for cls, w_ok, w_bad in ((truth, 0.75, 0.4), (other, 0.25, 0.6)):
+                np.put_along_axis(probs, cls[None], np.where(wrong, w_bad, w_ok)[None].astype(np.float32), 0)
+            np.savez_compressed(out / f"{c}.npz", probabilities=probs)
+            save_pickle(props, str(out / f"{c}.pkl"))
+            rw.write_seg(probs.argmax(0).astype(np.uint8), str(out / f"{c}{fe}"), props)
+        return {"fake": True, "method": aux.method}
+
+
+def _top_half(truth):
+    w = np.zeros(truth.shape, bool)
+    w[..., : truth.shape[-2] // 2, :] = True
+    return w
+
+
+def test_ensemble_revises_with_the_mean_of_both_models(toy2d):
+    """Each member alone mislabels half of every image (a different half); the ensemble's labels are the truth."""
+    ds, truth = toy2d
+    steps = {"nin": ProbStep(truth, _top_half), "clean_only": ProbStep(truth, lambda t: ~_top_half(t))}
+    manifest = rv.revise_dataset(ds, method="ensemble", model_step=steps, progress=False, log=lambda s: None,
+                                 report=False, keep_consistent=False)
+    assert [a.method for a in steps["nin"].calls] == ["nin"]
+    assert [a.method for a in steps["clean_only"].calls] == ["clean_only"]
+    raw = ds.parent
+    assert manifest["method"] == "ensemble"
+    assert manifest["aux_dataset"] == ["Dataset500_ToyNIN", "Dataset501_ToyNLclean"]
+    assert set(manifest["model"]["members"]) == {"nin", "clean_only"}
+    for i in range(2, 6):
+        c = f"toy_{i:03d}"
+        true = _read(truth / f"{c}.png")
+        np.testing.assert_array_equal(_read(ds / "labelsTr" / f"{c}.png"), true)
+        for aux in ("Dataset500_ToyNIN", "Dataset501_ToyNLclean"):
+            member = raw / aux / "predictionsTs"
+            assert (_read(member / f"{c}.png") != true).any()  # each member alone is wrong somewhere
+            assert not (member / f"{c}.npz").exists()  # merged probabilities are not kept
+    # clean cases keep their clean label; originals preserved
+    np.testing.assert_array_equal(_read(ds / "labelsTr" / "toy_000.png"), _read(ds / "labelsTr_clean" / "toy_000.png"))
+    assert len(list((ds / "labelsTr_imperfect").iterdir())) == 6
+
+
+def test_ensemble_without_probabilities_fails_and_leaves_labels(toy2d):
+    ds, truth = toy2d
+    before = tree_digest(ds / "labelsTr")
+    with pytest.raises(RuntimeError, match="Probabilities of 'toy_002' missing"):
+        rv.revise_dataset(ds, method="ensemble", model_step=TruthStep(truth), progress=False, log=lambda s: None)
+    assert tree_digest(ds / "labelsTr") == before
+    with pytest.raises(ValueError, match="a step for each of"):
+        rv.revise_dataset(ds, method="ensemble", model_step={"nin": TruthStep(truth)}, progress=False,
+                          log=lambda s: None)
+
+
+def test_cli_ensemble_passes_each_members_trainer_and_model(toy2d, monkeypatch):
+    ds, truth = toy2d
+    seen = []
+
+    def fake_step(**kwargs):
+        seen.append(kwargs)
+        return ProbStep(truth, _top_half if len(seen) == 1 else (lambda t: ~_top_half(t)))
+
+    monkeypatch.setattr(rv, "NnUNetModelStep", fake_step)
+    argv = ["-d", ds.name, "--method", "ensemble", "-tr", "NoiseIdentificationTrainer_5epochs", "--model", "/m/nin",
+            "--clean_only_tr", "nnUNetTrainer_5epochs", "--clean_only_model", "/m/co", "-device", "cpu",
+            "--no_pbar", "--no_report"]
+    assert main(argv) == 0
+    got = {(k["trainer"], k["model_folder"], k["save_probabilities"]) for k in seen}
+    assert got == {("NoiseIdentificationTrainer_5epochs", "/m/nin", True), ("nnUNetTrainer_5epochs", "/m/co", True)}
+    assert json.loads((ds / "labelsTr_revision.json").read_text())["method"] == "ensemble"
+
+
+@pytest.mark.slow
+def test_ensemble_end_to_end_through_nnunet_and_reuse(nnunet_env):
+    """Both members trained and predicted with probabilities through nnU-Net; a re-run on a copy reuses both models
+    (no training) and writes the same labels."""
+    import torch
+
+    torch.set_num_threads(1)
+    raw = Path(nnunet_env["nnUNet_raw"])
+    ds, truth = make_dataset(raw, dim=2, n_cases=5, n_clean=2, name="Dataset131_Ens")
+    assert main(["-d", "131", "--method", "ensemble", "-tr", "NoiseIdentificationTrainer_debug", "--clean_only_tr",
+                 "nnUNetTrainer_NLdebug", "-device", "cpu", "--no_pbar", "--no_report"]) == 0
+    manifest = json.loads((ds / "labelsTr_revision.json").read_text())
+    assert manifest["aux_dataset"] == ["Dataset500_EnsNIN", "Dataset501_EnsNLclean"]
+    members = manifest["model"]["members"]
+    assert members["nin"]["trainer"] == "NoiseIdentificationTrainer_debug"
+    assert members["clean_only"]["trainer"] == "nnUNetTrainer_NLdebug"
+    assert manifest["noise_maps_from"].startswith("network")  # from the noise identification member's branches
+    for i in range(5):
+        lab = _read(ds / "labelsTr" / f"toy_{i:03d}.png")
+        assert lab.shape == (32, 32) and lab.max() <= 1
+    copy = raw / "Dataset132_EnsCopy"
+    shutil.copytree(ds, copy, ignore=shutil.ignore_patterns("labelsTr", "labelsTr_revision*", "noise_maps"))
+    os.rename(copy / "labelsTr_imperfect", copy / "labelsTr")
+    assert main(["-d", "132", "--method", "ensemble", "--model", members["nin"]["model_folder"],
+                 "--clean_only_model", members["clean_only"]["model_folder"], "-device", "cpu", "--no_pbar",
+                 "--no_report"]) == 0
+    m2 = json.loads((copy / "labelsTr_revision.json").read_text())["model"]["members"]
+    assert not m2["nin"]["trained_here"] and not m2["clean_only"]["trained_here"]
+    assert tree_digest(copy / "labelsTr") == tree_digest(ds / "labelsTr")

@@ -18,10 +18,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", required=True, help="Dataset id, name (DatasetXXX_Name, looked up in nnUNet_raw) or folder.")
     p.add_argument("--method", choices=METHODS, default="nin",
                    help="'nin': noise identification network on image + imperfect label (default). 'clean_only': "
-                        "plain nnU-Net trained on the image channels of the clean pairs alone (baseline).")
+                        "plain nnU-Net trained on the image channels of the clean pairs alone (baseline). "
+                        "'ensemble': both, revising with the mean of their softmax probabilities (better labels "
+                        "where plain nnU-Net on the clean pairs is itself good, at twice the training time; see "
+                        "BENCHMARKS.md).")
     p.add_argument("-tr", default=None,
                    help=f"Trainer class. Default: {DEFAULT_TRAINERS['nin']} for --method nin, "
                         f"{DEFAULT_TRAINERS['clean_only']} for clean_only.")
+    p.add_argument("--clean_only_tr", default=None,
+                   help=f"Trainer of the clean-only member of --method ensemble. Default: "
+                        f"{DEFAULT_TRAINERS['clean_only']}.")
     p.add_argument("-c", default=None, help="nnU-Net configuration. Default: 2d for 2D data, 3d_fullres for 3D.")
     p.add_argument("-f", default="all", help="Fold to train and predict with. Default: all (few clean pairs).")
     p.add_argument("-device", default=None, choices=["cuda", "cpu", "mps"],
@@ -32,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Dataset id of the auxiliary dataset. Default: the id of an earlier one of this dataset, "
                         "else the first free id in 500..999.")
     p.add_argument("--model", default=None,
-                   help="Reuse a trained model folder (.../Trainer__Plans__configuration) instead of training.")
+                   help="Reuse a trained model folder (.../Trainer__Plans__configuration) instead of training "
+                        "(with --method ensemble: the noise identification network's).")
+    p.add_argument("--clean_only_model", default=None,
+                   help="With --method ensemble: reuse a trained clean-only model folder (e.g. of an earlier "
+                        "--method clean_only run) instead of training it.")
     p.add_argument("-o", "--output_dataset", default=None,
                    help="Write a new dataset (DatasetXXX_Name in nnUNet_raw, or a folder) instead of revising in "
                         "place; the source dataset is left untouched.")
@@ -80,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         revise_dataset(args.d, method=args.method, output_dataset=args.output_dataset, aux_id=args.aux_id,
                        trainer=args.tr, configuration=args.c, fold=args.f, device=args.device,
-                       num_processes=args.np, model_folder=args.model, save_noise_maps=not args.no_noise_maps,
+                       num_processes=args.np, model_folder=args.model, clean_only_trainer=args.clean_only_tr,
+                       clean_only_model_folder=args.clean_only_model, save_noise_maps=not args.no_noise_maps,
                        truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
                        keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
                        use_mirroring=not args.disable_tta,

@@ -15,7 +15,10 @@ The pipeline (each step is a separate function so it can be tested on its own):
 6. a provenance manifest ``labelsTr_revision.json`` records what was revised and how.
 
 ``method='clean_only'`` is the baseline that every benchmark must carry (nnU-Net trained on the clean pairs alone,
-predicting the rest) through the same code path.
+predicting the rest) through the same code path. ``method='ensemble'`` trains both models and revises with the mean
+of their softmax probabilities (:func:`average_member_predictions`, nnU-Net's own ensembling): the network that reads
+the imperfect label and the one that reads the image alone make different errors, so their mean is better than
+either (BENCHMARKS.md, section 5f), at twice the training cost of phase 1.
 
 The idea of learning the annotators' noise pattern from a few clean/imperfect pairs and revising every imperfect
 label with it comes from Huang et al., "Toward high-quality pseudo masks from noisy or weak annotations for robust
@@ -51,7 +54,8 @@ ORIGINALS_DIR = "labelsTr_imperfect"
 NOISE_MAPS_DIR = "noise_maps"
 MANIFEST_NAME = "labelsTr_revision.json"
 REPORT_DIR = "labelsTr_revision_report"
-METHODS = ("nin", "clean_only")
+METHODS = ("nin", "clean_only", "ensemble")
+MEMBERS = {"nin": ("nin",), "clean_only": ("clean_only",), "ensemble": ("nin", "clean_only")}
 DEFAULT_TRAINERS = {"nin": "NoiseIdentificationTrainer", "clean_only": "nnUNetTrainer"}
 AUX_SUFFIX = {"nin": "NIN", "clean_only": "NLclean"}
 AUX_ID_RANGE = range(500, 1000)
@@ -359,8 +363,8 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
     (input: image channels, plus for ``method='nin'`` the imperfect label as K-1 binary ``noNorm`` channels; target:
     the clean label), ``imagesTs`` = the cases to revise in the same channel layout.
     """
-    if method not in METHODS:
-        raise RevisionError(f"Unknown method '{method}'; choose one of {METHODS}.")
+    if method not in AUX_SUFFIX:
+        raise RevisionError(f"Unknown auxiliary dataset method '{method}'; choose one of {tuple(AUX_SUFFIX)}.")
     aux = Path(aux_folder)
     if aux.exists():
         shutil.rmtree(aux)
@@ -438,6 +442,8 @@ class NnUNetModelStep:
         checkpoint: checkpoint file name used for prediction.
         progress: nnU-Net's progress bars.
         use_mirroring: nnU-Net's test-time mirroring when predicting (off: 4x (2D) to 8x (3D) faster on CPU).
+        save_probabilities: also write nnU-Net's ``.npz`` probabilities and ``.pkl`` properties per case (needed
+            by :func:`average_member_predictions`).
     """
 
     configuration: str | None = None
@@ -452,6 +458,7 @@ class NnUNetModelStep:
     dimensionality: int = 3
     save_noise_maps: bool = True
     use_mirroring: bool = True
+    save_probabilities: bool = False
 
     def _config(self) -> str:
         return self.configuration or ("2d" if self.dimensionality == 2 else "3d_fullres")
@@ -496,9 +503,10 @@ class NnUNetModelStep:
 
     def predict(self, predictor, input_folder: Path, output_folder: Path) -> None:
         if self.num_processes <= 1:
-            predictor.predict_from_files_sequential(str(input_folder), str(output_folder), False, True)
+            predictor.predict_from_files_sequential(str(input_folder), str(output_folder), self.save_probabilities,
+                                                    True)
         else:
-            predictor.predict_from_files(str(input_folder), str(output_folder), False, True,
+            predictor.predict_from_files(str(input_folder), str(output_folder), self.save_probabilities, True,
                                          self.num_processes, self.num_processes)
 
     def predict_branch_noise_maps(self, predictor, aux: AuxDataset) -> Path | None:
@@ -668,6 +676,34 @@ def noise_statistics(nmap: np.ndarray) -> dict[str, float]:
             "fraction_swap": float((nmap == NOISE_SWAP).sum()) / n}
 
 
+def average_member_predictions(inputs: RevisionInputs, member_folders: list[Path], output_folder: Path,
+                               progress: bool = False) -> None:
+    """The ensemble revision: per case to revise, the mean of the members' softmax probabilities, argmax, written to
+    ``output_folder`` in the label geometry (nnU-Net's ``ensembling.merge_files``, as ``nnUNetv2_ensemble``).
+
+    Every member folder must hold ``<case>.npz`` (nnU-Net's ``probabilities``, in the original geometry) and
+    ``<case>.pkl`` (the image properties) for every case, as ``nnUNetPredictor`` writes with
+    ``save_probabilities``. Each member's ``.npz`` is deleted once merged (large for 3D data); its label file stays.
+    """
+    from nnunetv2.ensembling.ensemble import merge_files
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    fe = inputs.file_ending
+    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    labels = LabelManager(inputs.dataset_json["labels"], inputs.dataset_json.get("regions_class_order"))
+    output_folder.mkdir(parents=True, exist_ok=True)
+    for case_id in _progress(inputs.revise_ids, "Averaging the revision models", progress):
+        files = [Path(f) / f"{case_id}.npz" for f in member_folders]
+        missing = [str(f) for f in files if not f.is_file() or not f.with_suffix(".pkl").is_file()]
+        if missing:
+            raise RuntimeError(f"Probabilities of '{case_id}' missing ({', '.join(missing)}); {LABELS_DIR}/ was left "
+                               "unchanged.")
+        merge_files([str(f) for f in files], str(output_folder / case_id), fe, rw, labels)
+    for case_id in inputs.revise_ids:
+        for f in member_folders:
+            (Path(f) / f"{case_id}.npz").unlink(missing_ok=True)
+
+
 def consistency_gate(inputs: RevisionInputs, predictions: Path, min_ratio: float = 3.0, progress: bool = False
                      ) -> tuple[dict[str, float], dict]:
     """Scores every revised case by :func:`.consistency.relative_change` and applies
@@ -804,9 +840,11 @@ def _make_output_dataset(inputs: RevisionInputs, output_dataset: str) -> Path:
 
 
 def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output_dataset: str | None = None,
-                   model_step: ModelStep | None = None, aux_id: int | None = None, aux_folder: str | None = None,
-                   trainer: str | None = None, configuration: str | None = None, fold: str = "all",
-                   device: str | None = None, num_processes: int = 1, model_folder: str | None = None,
+                   model_step: ModelStep | Mapping[str, ModelStep] | None = None, aux_id: int | None = None,
+                   aux_folder: str | None = None, trainer: str | None = None, configuration: str | None = None,
+                   fold: str = "all", device: str | None = None, num_processes: int = 1,
+                   model_folder: str | None = None, clean_only_trainer: str | None = None,
+                   clean_only_model_folder: str | None = None,
                    save_noise_maps: bool = True, truth_folder: str | None = None, report: bool = True,
                    keep_aux: bool = True, keep_consistent: bool = True, consistency_ratio: float = 3.0,
                    use_mirroring: bool = True,
@@ -820,14 +858,20 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
 
     Args:
         dataset: dataset id, name or folder.
-        method: 'nin' (noise identification network: image + imperfect label in) or 'clean_only' (plain nnU-Net on
-            the image channels of the clean pairs; the benchmark baseline).
+        method: 'nin' (noise identification network: image + imperfect label in), 'clean_only' (plain nnU-Net on
+            the image channels of the clean pairs; the benchmark baseline) or 'ensemble' (both, softmax averaged).
         output_dataset: write a new dataset (``DatasetXXX_Name`` in nnUNet_raw, or a path) instead of in place.
-        model_step: replaces the nnU-Net train/predict step (tests); default :class:`NnUNetModelStep`.
-        aux_id: dataset id of the auxiliary dataset (default: free id chosen automatically).
+        model_step: replaces the nnU-Net train/predict step (tests); default :class:`NnUNetModelStep`. For
+            'ensemble' a mapping member method -> step, whose steps must also write nnU-Net's ``.npz``/``.pkl``.
+        aux_id: dataset id of the auxiliary dataset (default: free id chosen automatically); with 'ensemble' the
+            noise identification network's, the clean-only one takes the next free id.
         aux_folder: build the auxiliary dataset here instead of in nnUNet_raw (only with a custom model_step or
-            ``model_folder``, since nnU-Net training needs it in nnUNet_raw).
-        trainer, configuration, fold, device, num_processes, model_folder: see :class:`NnUNetModelStep`.
+            ``model_folder``, since nnU-Net training needs it in nnUNet_raw); with 'ensemble' one sub-folder per
+            member.
+        trainer, configuration, fold, device, num_processes, model_folder: see :class:`NnUNetModelStep`; with
+            'ensemble', ``trainer``/``model_folder`` are the noise identification network's.
+        clean_only_trainer, clean_only_model_folder: trainer / trained model of the clean-only member of 'ensemble'
+            (``trainer``/``model_folder`` serve for ``method='clean_only'`` alone).
         save_noise_maps: write per-case noise maps.
         truth_folder: true labels (e.g. of the clean dataset a corrupted copy came from) for the report's Dice/HD95.
         report: write the revision report (JSON, CSV, Markdown, PNG overlays).
@@ -859,20 +903,34 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
     if str(fold) != "all" and len(inputs.clean_ids) < 5:
         raise RevisionError(f"Fold {fold} needs nnU-Net's 5-fold split of the clean pairs, but there are only "
                             f"{len(inputs.clean_ids)}; use -f all.")
+    members = MEMBERS[method]
+    ensemble = len(members) > 1
     if model_step is None:
         if device is None:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model_step = NnUNetModelStep(configuration=configuration, trainer=trainer or DEFAULT_TRAINERS[method],
-                                     fold=str(fold), device=device, num_processes=num_processes,
-                                     model_folder=model_folder, progress=progress,
-                                     dimensionality=inputs.dimensionality, save_noise_maps=save_noise_maps,
-                                     use_mirroring=use_mirroring)
-    if aux_folder is None:
+        chosen = {"nin": (trainer, model_folder), "clean_only": (trainer, model_folder)}
+        if ensemble:
+            chosen["clean_only"] = (clean_only_trainer, clean_only_model_folder)
+        model_step = {m: NnUNetModelStep(configuration=configuration, trainer=chosen[m][0] or DEFAULT_TRAINERS[m],
+                                         fold=str(fold), device=device, num_processes=num_processes,
+                                         model_folder=chosen[m][1], progress=progress,
+                                         dimensionality=inputs.dimensionality, save_noise_maps=save_noise_maps,
+                                         use_mirroring=use_mirroring, save_probabilities=ensemble)
+                      for m in members}
+    elif not isinstance(model_step, Mapping):
+        model_step = {m: model_step for m in members}
+    if set(model_step) != set(members):
+        raise RevisionError(f"model_step must give a step for each of {members}, got {sorted(model_step)}.")
+    if aux_folder is not None:
+        aux_folders = {m: Path(aux_folder) / AUX_SUFFIX[m] if ensemble else Path(aux_folder) for m in members}
+    else:
         if not os.environ.get("nnUNet_raw"):
             raise RevisionError("nnUNet_raw is not set: the auxiliary dataset is built there.")
-        aux_folder = str(Path(os.environ["nnUNet_raw"]) / choose_aux_dataset_name(raw, method, aux_id))
+        # the first name now (a bad --aux_id stops here, before anything is written); an ensemble's second one once
+        # the first folder exists, so that the two never get the same free id
+        aux_folders = {members[0]: Path(os.environ["nnUNet_raw"]) / choose_aux_dataset_name(raw, members[0], aux_id)}
 
     if out_final is None:
         preserve_originals(inputs)
@@ -882,14 +940,27 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         tmp_root.mkdir(parents=True)
         target_root = tmp_root
     try:
-        aux = build_aux_dataset(inputs, aux_folder, method, progress=progress)
-        log(f"Auxiliary dataset: {aux.folder}")
-        pred_dir = aux.folder / "predictionsTs"
-        pred_dir.mkdir()
-        model_info = model_step(aux, pred_dir) or {}
+        auxes, infos = {}, {}
+        for m in members:
+            if m not in aux_folders:
+                aux_folders[m] = Path(os.environ["nnUNet_raw"]) / choose_aux_dataset_name(raw, m)
+            auxes[m] = build_aux_dataset(inputs, aux_folders[m], m, progress=progress)
+            log(f"Auxiliary dataset: {auxes[m].folder}")
+            (auxes[m].folder / "predictionsTs").mkdir()
+            infos[m] = model_step[m](auxes[m], auxes[m].folder / "predictionsTs") or {}
+        aux = auxes[members[0]]
+        if ensemble:
+            pred_dir = aux.folder / "predictionsTs_ensemble"
+            average_member_predictions(inputs, [auxes[m].folder / "predictionsTs" for m in members], pred_dir,
+                                       progress)
+            model_info = {"members": infos, "fusion": "mean of the members' softmax probabilities, argmax"}
+            branch_maps = infos["nin"].get("branch_noise_maps")
+        else:
+            pred_dir = aux.folder / "predictionsTs"
+            model_info = infos[members[0]]
+            branch_maps = model_info.get("branch_noise_maps")
         if out_final is not None:
             _populate_output_dataset(inputs, target_root, progress)
-        branch_maps = model_info.get("branch_noise_maps")
         keep, gate = {}, {"applied": False, "reason": "disabled (--no_keep_consistent)"}
         if keep_consistent:
             keep, gate = consistency_gate(inputs, pred_dir, consistency_ratio, progress)
@@ -906,7 +977,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             "mode": "in_place" if out_final is None else "new_dataset",
             "dataset": (out_final or raw).name,
             "method": method,
-            "aux_dataset": aux.name,
+            "aux_dataset": aux.name if not ensemble else [auxes[m].name for m in members],
             "model": model_info,
             "labels_folder": LABELS_DIR,
             "originals_folder": ORIGINALS_DIR,
@@ -930,8 +1001,9 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             shutil.rmtree(target_root, ignore_errors=True)
         raise
     finally:
-        if not keep_aux and Path(aux_folder).exists():
-            shutil.rmtree(aux_folder, ignore_errors=True)
+        if not keep_aux:
+            for folder in aux_folders.values():
+                shutil.rmtree(folder, ignore_errors=True)
     log(f"Revised {len(inputs.revise_ids)} label(s) in {target_root / LABELS_DIR}; originals in "
         f"{target_root / ORIGINALS_DIR}; manifest {target_root / MANIFEST_NAME}.")
     if report:
@@ -974,7 +1046,7 @@ def revision_sources(raw_folder: str | os.PathLike) -> tuple[Path, Path, Path | 
 
 
 __all__ = [
-    "AuxDataset", "METHODS", "ModelStep", "NnUNetModelStep", "RevisionError", "RevisionInputs", "build_aux_dataset",
+    "AuxDataset", "METHODS", "MEMBERS", "ModelStep", "average_member_predictions", "NnUNetModelStep", "RevisionError", "RevisionInputs", "build_aux_dataset",
     "check_reusable_model", "choose_aux_dataset_name", "noise_map", "noise_statistics", "preserve_originals",
     "recover_interrupted_swap", "resolve_dataset_folder", "revise_dataset", "revision_sources", "swap_in_folder",
     "validate_inputs", "write_revised_labels",
