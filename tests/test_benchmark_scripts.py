@@ -94,3 +94,38 @@ def test_interrupted_preprocessing_is_redone(tmp_path):
     assert not bench.preprocessing_finished(pre, raw)  # killed before the last case's properties were written
     (pre / "c.pkl").write_bytes(b"x")
     assert bench.preprocessing_finished(pre, raw)
+
+
+def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
+    """The runner's ensemble revision trains nothing: it revises after the two single-method revisions, with their
+    models (``--model``, ``--clean_only_model``), so its phase-1 cost is theirs."""
+    import argparse
+
+    bench = load_benchmark("run_benchmark")
+    args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
+                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d")
+    runner = bench.Runner(args)
+    raw = tmp_path / "nnUNet_raw"
+    (raw / "Dataset701_X_markov").mkdir()
+    calls = []
+
+    def fake_sh(cmd, step):  # what nnUNetv2_nl_revise leaves behind: the dataset and its manifest
+        calls.append((step, cmd))
+        out = raw / cmd[cmd.index("-o") + 1]
+        out.mkdir()
+        method = cmd[cmd.index("--method") + 1]
+        aux = {"nin": "Dataset500_X_markovNIN", "clean_only": "Dataset501_X_markovNLclean"}.get(method)
+        (out / "labelsTr_revision.json").write_text(json.dumps({"aux_dataset": aux}))
+
+    runner.sh = fake_sh
+    runner.revise("ensemble")
+    assert [s for s, _ in calls] == ["revise_nin", "revise_clean_only", "revise_ensemble"]
+    cmd = calls[-1][1]
+    results = tmp_path / "nnUNet_results"
+    assert cmd[cmd.index("--model") + 1] == str(
+        results / "Dataset500_X_markovNIN" / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d")
+    assert cmd[cmd.index("--clean_only_model") + 1] == str(
+        results / "Dataset501_X_markovNLclean" / "nnUNetTrainer_NLbudget__nnUNetPlans__2d")
+    assert cmd[cmd.index("-o") + 1] == "Dataset705_X_markov_ensemble"
+    runner.revise("ensemble")  # done: nothing runs again
+    assert len(calls) == 3
