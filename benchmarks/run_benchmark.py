@@ -231,9 +231,11 @@ class Runner:
             models = {}
             for m in ("nin", "clean_only"):
                 self.revise(m)
-                aux = json.loads((self.folder(REVISIONS[m][0]) / "labelsTr_revision.json").read_text())["aux_dataset"]
-                models[m] = str(Path(self.env["nnUNet_results"]) / aux /
-                                f"{REVISIONS[m][2]}__nnUNetPlans__{self.args.configuration}")
+                manifest = json.loads((self.folder(REVISIONS[m][0]) / "labelsTr_revision.json").read_text())
+                used = manifest.get("model", {}).get("model_folder")
+                models[m] = used if used and Path(used).is_dir() else str(
+                    Path(self.env["nnUNet_results"]) / manifest["aux_dataset"] /
+                    f"{REVISIONS[m][2]}__nnUNetPlans__{self.args.configuration}")
             cmd += ["-tr", REVISIONS["nin"][2], "--model", models["nin"], "--clean_only_tr",
                     REVISIONS["clean_only"][2], "--clean_only_model", models["clean_only"]]
         else:

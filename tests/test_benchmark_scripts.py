@@ -98,7 +98,8 @@ def test_interrupted_preprocessing_is_redone(tmp_path):
 
 def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
     """The runner's ensemble revision trains nothing: it revises after the two single-method revisions, with their
-    models (``--model``, ``--clean_only_model``), so its phase-1 cost is theirs."""
+    models (``--model``, ``--clean_only_model``: the folder a manifest records, else the one its auxiliary dataset
+    implies), so its phase-1 cost is theirs."""
     import argparse
 
     bench = load_benchmark("run_benchmark")
@@ -108,6 +109,8 @@ def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
     raw = tmp_path / "nnUNet_raw"
     (raw / "Dataset701_X_markov").mkdir()
     calls = []
+    used_nin = tmp_path / "elsewhere" / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d"
+    used_nin.mkdir(parents=True)
 
     def fake_sh(cmd, step):  # what nnUNetv2_nl_revise leaves behind: the dataset and its manifest
         calls.append((step, cmd))
@@ -115,15 +118,15 @@ def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
         out.mkdir()
         method = cmd[cmd.index("--method") + 1]
         aux = {"nin": "Dataset500_X_markovNIN", "clean_only": "Dataset501_X_markovNLclean"}.get(method)
-        (out / "labelsTr_revision.json").write_text(json.dumps({"aux_dataset": aux}))
+        model = {"model_folder": str(used_nin)} if method == "nin" else {}  # recorded by the revision
+        (out / "labelsTr_revision.json").write_text(json.dumps({"aux_dataset": aux, "model": model}))
 
     runner.sh = fake_sh
     runner.revise("ensemble")
     assert [s for s, _ in calls] == ["revise_nin", "revise_clean_only", "revise_ensemble"]
     cmd = calls[-1][1]
     results = tmp_path / "nnUNet_results"
-    assert cmd[cmd.index("--model") + 1] == str(
-        results / "Dataset500_X_markovNIN" / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d")
+    assert cmd[cmd.index("--model") + 1] == str(used_nin)  # the model the revision recorded
     assert cmd[cmd.index("--clean_only_model") + 1] == str(
         results / "Dataset501_X_markovNLclean" / "nnUNetTrainer_NLbudget__nnUNetPlans__2d")
     assert cmd[cmd.index("-o") + 1] == "Dataset705_X_markov_ensemble"
