@@ -688,8 +688,12 @@ def test_ensemble_revises_with_the_mean_of_both_models(toy2d):
     """Each member alone mislabels half of every image (a different half); the ensemble's labels are the truth."""
     ds, truth = toy2d
     steps = {"nin": ProbStep(truth, _top_half), "clean_only": ProbStep(truth, lambda t: ~_top_half(t))}
-    manifest = rv.revise_dataset(ds, method="ensemble", model_step=steps, progress=False, log=lambda s: None,
+    logged = []
+    manifest = rv.revise_dataset(ds, method="ensemble", model_step=steps, progress=False, log=logged.append,
                                  report=False, keep_consistent=False)
+    # the members' own labels differ at every voxel: no agreement on the class, and the user is warned
+    assert manifest["model"]["member_agreement_dice"] == {"c1": 0.0}
+    assert any(line.startswith("Warning: the two revision models disagree on {'c1': 0.0}") for line in logged)
     assert [a.method for a in steps["nin"].calls] == ["nin"]
     assert [a.method for a in steps["clean_only"].calls] == ["clean_only"]
     raw = ds.parent
@@ -752,6 +756,7 @@ def test_ensemble_end_to_end_through_nnunet_and_reuse(nnunet_env):
     manifest = json.loads((ds / "labelsTr_revision.json").read_text())
     assert manifest["aux_dataset"] == ["Dataset500_EnsNIN", "Dataset501_EnsNLclean"]
     members = manifest["model"]["members"]
+    assert 0.0 <= manifest["model"]["member_agreement_dice"]["c1"] <= 1.0
     assert members["nin"]["trainer"] == "NoiseIdentificationTrainer_debug"
     assert members["clean_only"]["trainer"] == "nnUNetTrainer_NLdebug"
     assert manifest["noise_maps_from"].startswith("network")  # from the noise identification member's branches
