@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "where plain nnU-Net on the clean pairs is itself good, at twice the training time; see "
                         "BENCHMARKS.md).")
     p.add_argument("-tr", default=None,
-                   help=f"Trainer class. Default: {DEFAULT_TRAINERS['nin']} for --method nin, "
-                        f"{DEFAULT_TRAINERS['clean_only']} for clean_only.")
+                   help=f"Trainer class. Default: {DEFAULT_TRAINERS['nin']} for --method nin (and the network of "
+                        f"--method ensemble), {DEFAULT_TRAINERS['clean_only']} for clean_only.")
     p.add_argument("--clean_only_tr", default=None,
                    help=f"Trainer of the clean-only member of --method ensemble. Default: "
                         f"{DEFAULT_TRAINERS['clean_only']}.")

@@ -18,7 +18,8 @@ The pipeline (each step is a separate function so it can be tested on its own):
 predicting the rest) through the same code path. ``method='ensemble'`` trains both models and revises with the mean
 of their softmax probabilities (:func:`average_member_predictions`, nnU-Net's own ensembling): the network that reads
 the imperfect label and the one that reads the image alone make different errors, so their mean is better than
-either (BENCHMARKS.md, section 5f), at twice the training cost of phase 1.
+either member (BENCHMARKS.md, section 5f), at twice the training cost of phase 1 (spent on one model instead, a
+longer training can do as well).
 
 The idea of learning the annotators' noise pattern from a few clean/imperfect pairs and revising every imperfect
 label with it comes from Huang et al., "Toward high-quality pseudo masks from noisy or weak annotations for robust
