@@ -979,11 +979,10 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                 log(f"Warning: the two revision models disagree on {low} (mean Dice between them < "
                     f"{ENSEMBLE_AGREEMENT_WARN}); one of them cannot segment these classes from the clean pairs "
                     f"and their mean may be worse than --method nin alone. Compare the two before training on it.")
-            branch_maps = infos["nin"].get("branch_noise_maps")
         else:
             pred_dir = aux.folder / "predictionsTs"
             model_info = infos[members[0]]
-            branch_maps = model_info.get("branch_noise_maps")
+        branch_maps = infos.get("nin", {}).get("branch_noise_maps")  # only the network has over/under branches
         if out_final is not None:
             _populate_output_dataset(inputs, target_root, progress)
         keep, gate = {}, {"applied": False, "reason": "disabled (--no_keep_consistent)"}
@@ -1071,7 +1070,8 @@ def revision_sources(raw_folder: str | os.PathLike) -> tuple[Path, Path, Path | 
 
 
 __all__ = [
-    "AuxDataset", "METHODS", "MEMBERS", "ModelStep", "average_member_predictions", "NnUNetModelStep", "RevisionError", "RevisionInputs", "build_aux_dataset",
+    "AuxDataset", "MEMBERS", "METHODS", "ModelStep", "NnUNetModelStep", "RevisionError", "RevisionInputs",
+    "average_member_predictions", "build_aux_dataset",
     "check_reusable_model", "choose_aux_dataset_name", "noise_map", "noise_statistics", "preserve_originals",
     "recover_interrupted_swap", "resolve_dataset_folder", "revise_dataset", "revision_sources", "swap_in_folder",
     "validate_inputs", "write_revised_labels",
