@@ -24,6 +24,7 @@ from nnunet_noisylabels.losses.noise_identification import (
     noise_corrected_probabilities,
     noise_targets,
     one_hot,
+    misregister_label_channels,
     perturb_label_channels,
     split_branches,
 )
@@ -176,6 +177,45 @@ def test_perturb_label_channels_rates():
     g = torch.Generator().manual_seed(0)
     out = perturb_label_channels(x, drop_probability=0.25, morph_probability=0.0, generator=g)
     assert abs(float((out.flatten(1).sum(1) == 0).float().mean()) - 0.25) < 0.04
+
+
+def test_misregister_label_channels_moves_the_label_rigidly():
+    x = torch.zeros(64, 2, 32, 32)
+    x[:, 0, 10:18, 8:20] = 1  # an 8x12 box, class 1
+    x[:, 1, 20:24, 12:16] = 1  # a 4x4 box, class 2
+    assert torch.equal(misregister_label_channels(x, 0.0), x)
+    assert misregister_label_channels(x, 0.0) is not x
+    g = torch.Generator().manual_seed(0)
+    shifted = misregister_label_channels(x, 1.0, max_rotation=0.0, max_shift=0.1, generator=g)
+    assert x[:, 0].sum() == 64 * 96  # input untouched
+    moved = 0
+    for s in shifted:
+        # a pure translation: each class keeps its area and shape, and both move by the same offset
+        offsets = []
+        for k, area in ((0, 96), (1, 16)):
+            nz = torch.nonzero(s[k])
+            assert len(nz) == area
+            lo = nz.min(0).values
+            assert torch.equal(s[k, lo[0]:lo[0] + (8 if k == 0 else 4), lo[1]:lo[1] + (12 if k == 0 else 4)].sum(),
+                               torch.tensor(float(area)))
+            offsets.append(lo - torch.tensor([10, 8] if k == 0 else [20, 12]))
+        assert torch.equal(offsets[0], offsets[1])
+        assert offsets[0].abs().max() <= 4  # <= 10% of 32, rounded
+        moved += int(offsets[0].abs().sum() > 0)
+    assert moved > 48
+    rotated = misregister_label_channels(x, 1.0, max_rotation=15.0, max_shift=0.0,
+                                         generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(rotated, x)
+    assert ((rotated.sum(1) <= 1).all())  # classes stay exclusive (nearest sampling)
+    x3 = torch.zeros(8, 1, 12, 12, 12)
+    x3[:, 0, 4:8, 4:8, 4:8] = 1
+    r3 = misregister_label_channels(x3, 0.5, max_shift=0.2, generator=torch.Generator().manual_seed(2))
+    changed = [not torch.equal(a, b) for a, b in zip(r3, x3)]
+    assert 0 < sum(changed) < 8 and set(r3.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="probability"):
+        misregister_label_channels(x, 1.5)
+    with pytest.raises(ValueError, match="max_shift"):
+        misregister_label_channels(x, 0.5, max_shift=2.0)
 
 
 def _ce(out, target):
@@ -338,13 +378,19 @@ def test_train_step_feeds_the_perturbed_label_to_network_and_loss():
     data = torch.cat((torch.full((2, 1, 6, 6), 0.3), torch.ones(2, 1, 6, 6)), 1)
     fake = SimpleNamespace(device=torch.device("cpu"), network=net, nin_loss=Loss(), grad_scaler=None,
                            optimizer=torch.optim.SGD(net.parameters(), lr=0.1), num_image_channels=1,
-                           label_drop_probability=1.0, label_morph_probability=0.0, label_morph_max_radius=2)
+                           label_drop_probability=1.0, label_morph_probability=0.0, label_morph_max_radius=2,
+                           label_shift_probability=0.0, label_shift_max_rotation=15.0, label_shift_max_fraction=0.1)
     NoiseIdentificationTrainer.train_step(fake, {"data": data, "target": torch.zeros(2, 1, 6, 6)})
     assert torch.equal(seen["input"][:, 0], data[:, 0]) and seen["input"][:, 1].sum() == 0
     assert seen["imperfect"].sum() == 0
     fake.label_drop_probability = 0.0  # off: the label reaches both unchanged
     NoiseIdentificationTrainer.train_step(fake, {"data": data, "target": torch.zeros(2, 1, 6, 6)})
     assert torch.equal(seen["input"], data) and bool((seen["imperfect"] == 1).all())
+    fake.label_shift_probability, fake.label_shift_max_fraction = 1.0, 0.5  # moved: the loss sees the moved label
+    torch.manual_seed(0)
+    NoiseIdentificationTrainer.train_step(fake, {"data": data, "target": torch.zeros(2, 1, 6, 6)})
+    assert torch.equal(seen["input"][:, 0], data[:, 0]) and seen["input"][:, 1].sum() < data[:, 1].sum()
+    assert torch.equal(seen["imperfect"][:, 0], (seen["input"][:, 1] > 0.5).long())
 
 
 # --------------------------------------------------------------------------------------------- augmentation guard

@@ -99,6 +99,57 @@ def perturb_label_channels(label_channels: torch.Tensor, drop_probability: float
     return out
 
 
+def misregister_label_channels(label_channels: torch.Tensor, probability: float, max_rotation: float = 15.0,
+                               max_shift: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time misregistration of the imperfect-label input: a random rigid move of the label against the image.
+
+    nnU-Net's spatial augmentation moves image and label channels together, so the network never sees a label that
+    is displaced as a whole, unless some of the few clean pairs happen to have one. It then learns to trust the
+    label's position, and an imperfect label that is rotated or shifted (the affine part of the alpha/beta protocol;
+    labels drawn on another series) is copied. With ``probability`` per sample, every label channel is rotated by an
+    angle uniform in +-``max_rotation`` degrees (in one random plane in 3D) and translated by up to ``max_shift``
+    times the patch extent per axis (in normalized patch coordinates), with nearest-neighbour sampling and background
+    outside (the targets stay the clean label; derive the noise-head targets from the moved input).
+
+    Args:
+        label_channels: (B, K-1, X, Y[, Z]) float, nominally 0/1.
+        probability: per-sample probability in [0, 1].
+        max_rotation: largest rotation in degrees (>= 0).
+        max_shift: largest translation as a fraction of the extent of each axis, in [0, 1].
+        generator: optional torch generator (on CPU) for reproducible draws.
+
+    Returns:
+        (B, K-1, X, Y[, Z]) moved copy (the input is not modified).
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must lie in [0, 1], got {probability}.")
+    if max_rotation < 0 or not 0.0 <= max_shift <= 1.0:
+        raise ValueError(f"Need max_rotation >= 0 and max_shift in [0, 1], got {max_rotation}, {max_shift}.")
+    out = label_channels.clone()
+    b, spatial = out.shape[0], out.dim() - 2
+    chosen = torch.rand(b, generator=generator) < probability
+    if probability == 0.0 or not bool(chosen.any()):
+        return out
+    n = int(chosen.sum())
+    angles = (torch.rand(n, generator=generator) * 2 - 1) * torch.deg2rad(torch.tensor(float(max_rotation)))
+    # affine_grid works in normalized coordinates [-1, 1]: a shift of f * extent is 2 * f
+    shifts = (torch.rand((n, spatial), generator=generator) * 2 - 1) * 2 * max_shift
+    planes = torch.randint(0, 3, (n,), generator=generator)
+    theta = torch.zeros((n, spatial, spatial + 1))
+    for i in range(n):
+        rot = torch.eye(spatial)
+        a, c = (0, 1) if spatial == 2 else ((0, 1), (0, 2), (1, 2))[int(planes[i])]
+        cos, sin = torch.cos(angles[i]), torch.sin(angles[i])
+        rot[a, a], rot[a, c], rot[c, a], rot[c, c] = cos, -sin, sin, cos
+        theta[i, :, :spatial] = rot
+        theta[i, :, spatial] = shifts[i]
+    x = out[chosen].float()
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    moved = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    out[chosen] = moved.to(out.dtype)
+    return out
+
+
 def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B, 1, X, Y[, Z]) integer label map -> (B, K, X, Y[, Z]) float one-hot."""
     if label.shape[1] != 1:

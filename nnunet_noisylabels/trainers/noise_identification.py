@@ -36,6 +36,7 @@ from torch._dynamo import OptimizedModule
 from nnunet_noisylabels.losses.noise_identification import (
     NoiseIdentificationLoss,
     imperfect_label_from_channels,
+    misregister_label_channels,
     perturb_label_channels,
 )
 from nnunet_noisylabels.networks.noise_identification import (
@@ -128,7 +129,9 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
 
     Hyperparameters (attributes): ``branch_loss_weights`` (revised, over, under); the training-time perturbation
     of the imperfect-label input (``label_drop_probability``, ``label_morph_probability``,
-    ``label_morph_max_radius``; see :func:`perturb_label_channels`; off by default). The revision rule is the
+    ``label_morph_max_radius``; see :func:`perturb_label_channels`) and its misregistration
+    (``label_shift_probability``, ``label_shift_max_rotation``, ``label_shift_max_fraction``; see
+    :func:`misregister_label_channels`), all off by default. The revision rule is the
     network's ``fusion`` attribute (default ``"mean"``); the noise maps come from ``network.eval_output =
     'branches'``.
     """
@@ -136,6 +139,9 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
     label_drop_probability = 0.0
     label_morph_probability = 0.0
     label_morph_max_radius = 2
+    label_shift_probability = 0.0
+    label_shift_max_rotation = 15.0
+    label_shift_max_fraction = 0.1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -208,6 +214,10 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
             data = torch.cat((data[:, :c], perturb_label_channels(
                 data[:, c:], self.label_drop_probability, self.label_morph_probability,
                 self.label_morph_max_radius)), 1)
+        if self.label_shift_probability > 0:
+            data = torch.cat((data[:, :c], misregister_label_channels(
+                data[:, c:], self.label_shift_probability, self.label_shift_max_rotation,
+                self.label_shift_max_fraction)), 1)
         imperfect = imperfect_label_from_channels(data[:, c:])
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -254,11 +264,24 @@ class NoiseIdentificationTrainer_labelMorph(NoiseIdentificationTrainer):
     label_morph_probability = 0.5
 
 
+class NoiseIdentificationTrainer_labelShift(NoiseIdentificationTrainer):
+    """The imperfect label is moved against the image (rotation <= 15 degrees, shift <= 10%) for a third of the samples.
+
+    See :func:`misregister_label_channels` and BENCHMARKS.md (phase-1 variants) for what it changes.
+    """
+
+    label_shift_probability = 1 / 3
+
+
 class NoiseIdentificationTrainer_labelDrop_budget(BudgetMixin, NoiseIdentificationTrainer_labelDrop):
     budget_from_env = True
 
 
 class NoiseIdentificationTrainer_labelMorph_budget(BudgetMixin, NoiseIdentificationTrainer_labelMorph):
+    budget_from_env = True
+
+
+class NoiseIdentificationTrainer_labelShift_budget(BudgetMixin, NoiseIdentificationTrainer_labelShift):
     budget_from_env = True
 
 
