@@ -269,7 +269,8 @@ class NoiseIdentificationTrainer_labelShift(NoiseIdentificationTrainer):
 
     Not the default: on JSRT lung at 48 epochs it lifted the affine-moved labels of the alpha/beta protocol from 0.924
     to 0.958 Dice (mean 0.9707 -> 0.9749) but lowered the dilated/eroded ones and the boxes a little (0.9694 ->
-    0.9670), and left Markov noise as it was (0.9673 -> 0.9679) (BENCHMARKS.md, section 5g). See :func:`misregister_label_channels`.
+    0.9670), and left Markov noise as it was (0.9673 -> 0.9679) (BENCHMARKS.md, section 5g). See
+    :func:`misregister_label_channels`.
     """
 
     label_shift_probability = 1 / 3
