@@ -21,10 +21,10 @@ from nnunet_noisylabels.losses.noise_identification import (
     fuse_logits,
     fuse_probabilities,
     imperfect_label_from_channels,
+    misregister_label_channels,
     noise_corrected_probabilities,
     noise_targets,
     one_hot,
-    misregister_label_channels,
     perturb_label_channels,
     split_branches,
 )

@@ -128,17 +128,18 @@ def misregister_label_channels(label_channels: torch.Tensor, probability: float,
     out = label_channels.clone()
     b, spatial = out.shape[0], out.dim() - 2
     chosen = torch.rand(b, generator=generator) < probability
-    if probability == 0.0 or not bool(chosen.any()):
+    if not bool(chosen.any()):
         return out
     n = int(chosen.sum())
     angles = (torch.rand(n, generator=generator) * 2 - 1) * torch.deg2rad(torch.tensor(float(max_rotation)))
     # affine_grid works in normalized coordinates [-1, 1]: a shift of f * extent is 2 * f
     shifts = (torch.rand((n, spatial), generator=generator) * 2 - 1) * 2 * max_shift
-    planes = torch.randint(0, 3, (n,), generator=generator)
+    # the plane of the rotation: the only one in 2D, one of the three axis planes in 3D
+    planes = [(0, 1)] * n if spatial == 2 else [((0, 1), (0, 2), (1, 2))[int(i)]
+                                                for i in torch.randint(0, 3, (n,), generator=generator)]
     theta = torch.zeros((n, spatial, spatial + 1))
-    for i in range(n):
+    for i, (a, c) in enumerate(planes):
         rot = torch.eye(spatial)
-        a, c = (0, 1) if spatial == 2 else ((0, 1), (0, 2), (1, 2))[int(planes[i])]
         cos, sin = torch.cos(angles[i]), torch.sin(angles[i])
         rot[a, a], rot[a, c], rot[c, a], rot[c, c] = cos, -sin, sin, cos
         theta[i, :, :spatial] = rot

@@ -210,15 +210,16 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
         else:
             target = target.to(self.device, non_blocking=True)
         c = self.num_image_channels
+        labels = given = data[:, c:]
         if self.label_drop_probability > 0 or self.label_morph_probability > 0:
-            data = torch.cat((data[:, :c], perturb_label_channels(
-                data[:, c:], self.label_drop_probability, self.label_morph_probability,
-                self.label_morph_max_radius)), 1)
+            labels = perturb_label_channels(labels, self.label_drop_probability, self.label_morph_probability,
+                                            self.label_morph_max_radius)
         if self.label_shift_probability > 0:
-            data = torch.cat((data[:, :c], misregister_label_channels(
-                data[:, c:], self.label_shift_probability, self.label_shift_max_rotation,
-                self.label_shift_max_fraction)), 1)
-        imperfect = imperfect_label_from_channels(data[:, c:])
+            labels = misregister_label_channels(labels, self.label_shift_probability, self.label_shift_max_rotation,
+                                                self.label_shift_max_fraction)
+        if labels is not given:
+            data = torch.cat((data[:, :c], labels), 1)
+        imperfect = imperfect_label_from_channels(labels)
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
