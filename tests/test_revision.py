@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from nnunet_noisylabels.cli.revise import main
 from nnunet_noisylabels.preprocessing import revision as rv
+from nnunet_noisylabels.evaluation.metrics import dice
 from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices
 from nnunet_noisylabels.utilities.raw_dataset import reader_writer
 
@@ -772,3 +773,80 @@ def test_ensemble_end_to_end_through_nnunet_and_reuse(nnunet_env):
     m2 = json.loads((copy / "labelsTr_revision.json").read_text())["model"]["members"]
     assert not m2["nin"]["trained_here"] and not m2["clean_only"]["trained_here"]
     assert tree_digest(copy / "labelsTr") == tree_digest(ds / "labelsTr")
+
+
+# ------------------------------------------------------------------------------------------------ realignment
+class FollowingStep:
+    """Fake noise identification network that follows a misplaced label half of the way: it predicts the true label
+    moved by half the offset between the label input's centroid and the truth's (0 for labels in place)."""
+
+    def __init__(self, truth_dir):
+        self.truth_dir, self.calls = truth_dir, []
+
+    def __call__(self, aux, out):
+        self.calls.append(aux)
+        fe = aux.dataset_json["file_ending"]
+        _, chans = label_channel_indices(aux.dataset_json)
+        rw = reader_writer(aux.dataset_json, aux.images_ts / f"{aux.predict_ids[0]}_0000{fe}")
+        for c in aux.predict_ids:
+            label = rw.read_seg(str(aux.images_ts / f"{c}_{chans[0]:04d}{fe}"))[0][0, 0] > 0
+            truth = _read(self.truth_dir / f"{c}{fe}")
+            offset = np.array(ndimage.center_of_mass(label)) - np.array(ndimage.center_of_mass(truth > 0))
+            _write_png(np.roll(truth, tuple(np.rint(offset / 2).astype(int)), axis=(0, 1)), out / f"{c}{fe}")
+        return {"fake": True}
+
+
+@pytest.mark.parametrize("realign", [False, True])
+def test_revision_realigns_misplaced_labels_and_predicts_them_again(tmp_path, realign):
+    ds, truth = make_dataset(tmp_path / "raw", n_cases=8, n_clean=2)  # imperfect = truth dilated by 2 px
+    misplaced = ["toy_002", "toy_003", "toy_004"]
+    for c in misplaced:  # drawn 6 px off
+        _write_png(np.roll(_read(truth / f"{c}.png"), 6, axis=1), ds / "labelsTr" / f"{c}.png")
+    step = FollowingStep(truth)
+    manifest = rv.revise_dataset(ds, model_step=step, aux_folder=str(tmp_path / "aux"), realign=realign,
+                                 keep_consistent=False, progress=False, log=lambda s: None, report=False)
+    scores = {c: dice(_read(ds / "labelsTr" / f"{c}.png"), _read(truth / f"{c}.png"))
+              for c in manifest["cases"] if manifest["cases"][c]["source"] == "revised"}
+    for c in ("toy_005", "toy_006", "toy_007"):  # dilated in place: predicted once, never moved
+        assert scores[c] == 1.0 and "realigned" not in manifest["cases"][c]
+    if not realign:
+        assert len(step.calls) == 1 and manifest["realignment"] == {"enabled": False}
+        assert all(scores[c] < 0.75 for c in misplaced)  # 3 px off
+        return
+    assert len(step.calls) == 2 and sorted(step.calls[1].predict_ids) == misplaced
+    assert manifest["realignment"]["num_cases"] == 3
+    for c in misplaced:
+        rec = manifest["cases"][c]
+        assert rec["realigned"][1]["moved"]
+        assert rec["noise_map_from"] == "difference"
+        assert scores[c] > 0.65  # the second pass read a label 3 px off instead of 6 and predicts 2 px off
+    saved = json.loads((ds / "labelsTr_revision.json").read_text())
+    assert saved["cases"]["toy_002"]["realigned"]["1"]["moved"] is True
+
+
+def test_realign_needs_the_network(toy2d):
+    ds, truth = toy2d
+    before = sorted(p.name for p in ds.iterdir())
+    with pytest.raises(rv.RevisionError, match="clean_only"):
+        rv.revise_dataset(ds, method="clean_only", model_step=FollowingStep(truth), realign=True, progress=False,
+                          log=lambda s: None)
+    with pytest.raises(rv.RevisionError, match="realign_min_gain"):
+        rv.revise_dataset(ds, model_step=FollowingStep(truth), realign=True, realign_min_gain=0, progress=False,
+                          log=lambda s: None)
+    assert sorted(p.name for p in ds.iterdir()) == before  # nothing written
+
+
+def test_second_pass_reuses_the_first_pass_model():
+    step = rv.NnUNetModelStep(trainer="NoiseIdentificationTrainer", device="cpu")
+    second = rv.second_pass_step(step, {"model_folder": "/models/x"})
+    assert second.model_folder == "/models/x" and not second.save_noise_maps and second.trainer == step.trainer
+    assert step.model_folder is None  # the first step is not changed
+    fake = FollowingStep(None)
+    assert rv.second_pass_step(fake, {}) is fake
+
+
+def test_cli_passes_realign_options(toy2d, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(rv, "revise_dataset", lambda *a, **k: seen.update(k))
+    assert main(["-d", str(toy2d[0]), "--realign", "--realign_min_gain", "0.1"]) == 0
+    assert seen["realign"] is True and seen["realign_min_gain"] == 0.1

@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable_tta", action="store_true",
                    help="No test-time mirroring when predicting the revisions (as nnUNetv2_predict --disable_tta; "
                         "4-8x faster on CPU, slightly less accurate).")
+    p.add_argument("--realign", action="store_true",
+                   help="For labels that can be misplaced as a whole (drawn shifted or rotated): move each class of "
+                        "an imperfect label rigidly onto the network's first prediction when that raises their Dice "
+                        "by --realign_min_gain, and predict those cases again from the realigned label. Labels that "
+                        "are only too large, too small or noisy at the boundary are not moved. Method nin or "
+                        "ensemble.")
+    p.add_argument("--realign_min_gain", type=float, default=0.05,
+                   help="Dice a rigid move must gain (against the first prediction) for a class to be moved. "
+                        "Default: 0.05.")
     p.add_argument("--no_pbar", action="store_true", help="Disable progress bars.")
     return p
 
@@ -94,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                        clean_only_model_folder=args.clean_only_model, save_noise_maps=not args.no_noise_maps,
                        truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
                        keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
-                       use_mirroring=not args.disable_tta,
+                       use_mirroring=not args.disable_tta, realign=args.realign,
+                       realign_min_gain=args.realign_min_gain,
                        progress=not args.no_pbar)
     except (ValueError, FileNotFoundError) as e:
         print(f"nnUNetv2_nl_revise: error: {e}", file=sys.stderr)

@@ -35,7 +35,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,7 @@ NOISE_NONE, NOISE_OVER, NOISE_UNDER, NOISE_SWAP = 0, 1, 2, 3
 NOISE_MAP_LABELS = {"none": NOISE_NONE, "over_annotation": NOISE_OVER, "under_annotation": NOISE_UNDER,
                     "over_and_under": NOISE_SWAP}
 BRANCH_NOISE_DIR = "noise_branches"
+REALIGN_DIR = "realigned"  # in the auxiliary dataset: inputs and second-pass predictions of realigned cases
 
 
 class RevisionError(RawDatasetError):
@@ -361,6 +362,19 @@ class AuxDataset:
         return self.folder / "imagesTs"
 
 
+def _write_case_inputs(inputs: RevisionInputs, rw, case_id: str, folder: Path, label: np.ndarray | None) -> None:
+    """One case's input files of an auxiliary dataset: its image channels (linked) and, when ``label`` (nnU-Net's
+    label layout without the channel axis) is given, the label one-hot encoded as the K-1 channels after them."""
+    fe, C = inputs.file_ending, inputs.num_image_channels
+    images = inputs.images(case_id)
+    for c, src in enumerate(images):
+        _link_or_copy(src, folder / f"{case_id}_{c:04d}{fe}")
+    if label is not None:
+        _, img_props = rw.read_images([str(p) for p in images])
+        for k, mask in enumerate(imperfect_label_to_channels(label, inputs.num_classes), start=1):
+            rw.write_seg(mask, str(folder / f"{case_id}_{C + k - 1:04d}{fe}"), img_props)
+
+
 def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, method: str = "nin",
                       progress: bool = False) -> AuxDataset:
     """Write the auxiliary dataset the revision model trains and predicts on (replacing an older one there).
@@ -376,18 +390,12 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
         shutil.rmtree(aux)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (aux / sub).mkdir(parents=True)
-    fe, C, K = inputs.file_ending, inputs.num_image_channels, inputs.num_classes
+    fe, K = inputs.file_ending, inputs.num_classes
     rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
     jobs = [(c, "imagesTr") for c in inputs.clean_ids] + [(c, "imagesTs") for c in inputs.revise_ids]
     for case_id, sub in _progress(jobs, "Building auxiliary dataset", progress):
-        images = inputs.images(case_id)
-        for c, src in enumerate(images):
-            _link_or_copy(src, aux / sub / f"{case_id}_{c:04d}{fe}")
-        if method == "nin":
-            _, img_props = rw.read_images([str(p) for p in images])
-            seg, _ = rw.read_seg(str(inputs.imperfect_label(case_id)))
-            for k, mask in enumerate(imperfect_label_to_channels(seg[0], K), start=1):
-                rw.write_seg(mask, str(aux / sub / f"{case_id}_{C + k - 1:04d}{fe}"), img_props)
+        seg = rw.read_seg(str(inputs.imperfect_label(case_id)))[0][0] if method == "nin" else None
+        _write_case_inputs(inputs, rw, case_id, aux / sub, seg)
         if sub == "imagesTr":
             shutil.copy2(inputs.clean_label(case_id), aux / "labelsTr" / f"{case_id}{fe}")
 
@@ -407,7 +415,7 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
         "nl_revision_method": method,
     }
     if method == "nin":
-        djson.update(aux_dataset_json_keys(C, K))
+        djson.update(aux_dataset_json_keys(inputs.num_image_channels, K))
     if "overwrite_image_reader_writer" in src_json:
         djson["overwrite_image_reader_writer"] = src_json["overwrite_image_reader_writer"]
     raw_dataset.write_json_atomic(djson, aux / "dataset.json")
@@ -650,6 +658,78 @@ def check_reusable_model(model_folder: Path, aux: AuxDataset, fold: str, checkpo
                             f"not '{aux.method}'.")
 
 
+def realign_imperfect_inputs(inputs: RevisionInputs, aux: AuxDataset, predictions: Path, min_gain: float = 0.05,
+                             progress: bool = False) -> tuple[AuxDataset | None, dict[str, dict]]:
+    """Rigidly realign misplaced imperfect labels onto the first predictions, as inputs for a second pass.
+
+    For each case to revise, every class of the imperfect label is moved onto the class's first prediction when that
+    raises their Dice by at least ``min_gain`` (see :mod:`.realign`). The cases with a moved class get their image
+    channels and the realigned label as the network's input channels in ``<aux>/realigned/imagesTs``.
+
+    Returns:
+        ``(auxiliary dataset of the realigned cases or None if none moved, {case: {class: realignment info}})`` for
+        the moved cases.
+    """
+    from nnunet_noisylabels.preprocessing.realign import realign_label_map
+
+    fe, K = inputs.file_ending, inputs.num_classes
+    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    folder = aux.folder / REALIGN_DIR
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "imagesTs").mkdir(parents=True)
+    moved: dict[str, dict] = {}
+    for case_id in _progress(inputs.revise_ids, "Realigning misplaced labels", progress):
+        seg, props = rw.read_seg(str(inputs.imperfect_label(case_id)))
+        pred, _ = rw.read_seg(str(Path(predictions) / f"{case_id}{fe}"))
+        # 2D data come as (1, X, Y) with a dummy spacing on the first axis
+        is2d = seg.shape[1] == 1
+        spacing = list(props["spacing"])[1:] if is2d else list(props["spacing"])
+        imp, ref = (seg[0][0], pred[0][0]) if is2d else (seg[0], pred[0])
+        new, info = realign_label_map(imp, ref, range(1, K), spacing, min_gain)
+        if not any(v["moved"] for v in info.values()):
+            continue
+        moved[case_id] = {c: v for c, v in info.items() if v["moved"]}
+        _write_case_inputs(inputs, rw, case_id, folder / "imagesTs", new[None] if is2d else new)
+    if not moved:
+        shutil.rmtree(folder)
+        return None, moved
+    return AuxDataset(folder=folder, method=aux.method, dataset_json=aux.dataset_json, train_ids=aux.train_ids,
+                      predict_ids=sorted(moved)), moved
+
+
+def second_pass_step(step: ModelStep, first_pass_info: dict) -> ModelStep:
+    """The model step of a second prediction pass: nnU-Net's step reuses the model the first pass trained."""
+    if isinstance(step, NnUNetModelStep):
+        return replace(step, model_folder=first_pass_info["model_folder"], save_noise_maps=False)
+    return step
+
+
+def _realign_and_repredict(inputs: RevisionInputs, aux: AuxDataset, step: ModelStep, first_pass_info: dict,
+                           min_gain: float, progress: bool, log: Callable[[str], None]) -> dict[str, dict]:
+    """Realign misplaced labels onto the first predictions, predict those cases again, and put the second-pass
+    predictions (with their ``.npz``/``.pkl`` when present) in place of the first ones in ``predictionsTs``."""
+    predictions = aux.folder / "predictionsTs"
+    sub, moved = realign_imperfect_inputs(inputs, aux, predictions, min_gain, progress)
+    log(f"Realignment: {len(moved)} of {len(inputs.revise_ids)} case(s) have a misplaced label"
+        + (", predicting them again from the realigned label" if moved else ""))
+    if sub is None:
+        return moved
+    out = sub.folder / "predictionsTs"
+    out.mkdir()
+    second_pass_step(step, first_pass_info)(sub, out)
+    fe = inputs.file_ending
+    missing = [c for c in sub.predict_ids if not (out / f"{c}{fe}").is_file()]
+    if missing:
+        raise RuntimeError(f"The second pass produced no prediction for {len(missing)} realigned case(s), e.g. "
+                           f"{missing[:5]}; labelsTr/ was left unchanged.")
+    for c in sub.predict_ids:
+        for f in (f"{c}{fe}", f"{c}.npz", f"{c}.pkl"):
+            if (out / f).is_file():
+                shutil.copy2(out / f, predictions / f)
+    return moved
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 5. revised labels, noise maps
 # ----------------------------------------------------------------------------------------------------------------
@@ -744,7 +824,8 @@ def consistency_gate(inputs: RevisionInputs, predictions: Path, min_ratio: float
 def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root: Path, progress: bool = False,
                          save_noise_maps: bool = True, branch_noise_maps: Path | None = None,
                          before_swap: Callable[[], None] | None = None,
-                         keep_imperfect: Mapping[str, float] | None = None) -> dict[str, dict]:
+                         keep_imperfect: Mapping[str, float] | None = None,
+                         realigned: Mapping[str, dict] | None = None) -> dict[str, dict]:
     """Assemble the revised ``labelsTr`` (and ``noise_maps``) of ``target_root`` and swap them in atomically.
 
     Clean cases get their clean label; the others get their prediction from ``predictions/``. Everything is
@@ -752,6 +833,8 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
     Noise maps: for revised cases the network's branch maps from ``branch_noise_maps`` when given, else the
     difference imperfect vs revised; for clean cases always the difference imperfect vs clean (the true noise).
     Cases in ``keep_imperfect`` (case id -> consistency score, see :mod:`.consistency`) keep their imperfect label.
+    Cases in ``realigned`` (case id -> per-class realignment, see :func:`realign_imperfect_inputs`) were predicted
+    from a moved label, which the branch maps describe: their noise map is the difference imperfect vs revised.
 
     Returns:
         per-case records for the manifest.
@@ -781,7 +864,8 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
             shutil.copy2(src, tmp_labels / f"{case_id}{fe}")
             nmap = noise_map(imp[0], new[0])
             stats = noise_statistics(nmap)
-            if branch_noise_maps is not None and not is_clean:
+            from_branches = branch_noise_maps is not None and not is_clean and case_id not in (realigned or {})
+            if from_branches:
                 bmap, _ = rw.read_seg(str(Path(branch_noise_maps) / f"{case_id}{fe}"))
                 if bmap.shape != imp.shape:
                     raise RuntimeError(f"Branch noise map of '{case_id}' has shape {bmap.shape[1:]}, expected "
@@ -794,8 +878,9 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
                 rw.write_seg(nmap, str(tmp_noise / f"{case_id}{fe}"), imp_props)
             records[case_id] = {"source": "clean" if is_clean else "revised",
                                 "imperfect_sha256": _sha256(inputs.imperfect_label(case_id)), **stats,
-                                "noise_map_from": "branches" if branch_noise_maps is not None and not is_clean
-                                else "difference"}
+                                "noise_map_from": "branches" if from_branches else "difference"}
+            if realigned and case_id in realigned:
+                records[case_id]["realigned"] = realigned[case_id]
             if kept:
                 records[case_id].update({"kept_imperfect": True, "consistency_score": keep_imperfect[case_id]})
         if before_swap is not None:
@@ -866,7 +951,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                    clean_only_model_folder: str | None = None,
                    save_noise_maps: bool = True, truth_folder: str | None = None, report: bool = True,
                    keep_aux: bool = True, keep_consistent: bool = True, consistency_ratio: float = 3.0,
-                   use_mirroring: bool = True,
+                   use_mirroring: bool = True, realign: bool = False, realign_min_gain: float = 0.05,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Revise the imperfect labels of a raw nnU-Net dataset with a model trained on its clean pairs.
 
@@ -899,6 +984,10 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             :mod:`nnunet_noisylabels.preprocessing.consistency`); it acts only when such a group stands apart.
         consistency_ratio: the gate's ``min_ratio``.
         use_mirroring: test-time mirroring of the revision model's predictions (nnU-Net's default: on).
+        realign: misplaced labels (method 'nin', and the network of 'ensemble'): move each class of the imperfect
+            label rigidly onto the network's first prediction where that raises their Dice by ``realign_min_gain``,
+            and predict those cases again from the realigned label (see :mod:`.realign`).
+        realign_min_gain: see ``realign``.
         progress: progress bars.
         log: where progress messages go.
 
@@ -924,6 +1013,11 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                             f"{len(inputs.clean_ids)}; use -f all.")
     members = MEMBERS[method]
     ensemble = len(members) > 1
+    if realign and "nin" not in members:
+        raise RevisionError("--realign moves the imperfect label that the noise identification network reads; "
+                            "method 'clean_only' does not read it. Use --method nin or ensemble.")
+    if not 0 < realign_min_gain < 1:
+        raise RevisionError(f"realign_min_gain must be in (0, 1), got {realign_min_gain}.")
     if model_step is None:
         if device is None:
             import torch
@@ -959,7 +1053,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         tmp_root.mkdir(parents=True)
         target_root = tmp_root
     try:
-        auxes, infos = {}, {}
+        auxes, infos, realigned = {}, {}, {}
         for m in members:
             if m not in aux_folders:
                 aux_folders[m] = Path(os.environ["nnUNet_raw"]) / choose_aux_dataset_name(raw, m)
@@ -967,6 +1061,9 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             log(f"Auxiliary dataset: {auxes[m].folder}")
             (auxes[m].folder / "predictionsTs").mkdir()
             infos[m] = model_step[m](auxes[m], auxes[m].folder / "predictionsTs") or {}
+            if realign and m == "nin":
+                realigned = _realign_and_repredict(inputs, auxes[m], model_step[m], infos[m], realign_min_gain,
+                                                   progress, log)
         aux = auxes[members[0]]
         if ensemble:
             pred_dir = aux.folder / "predictionsTs_ensemble"
@@ -993,7 +1090,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         records = write_revised_labels(inputs, pred_dir, target_root, progress=progress,
                                        save_noise_maps=save_noise_maps,
                                        branch_noise_maps=Path(branch_maps) if branch_maps else None,
-                                       keep_imperfect=keep)
+                                       keep_imperfect=keep, realigned=realigned)
         manifest = {
             "format": "nnunet_noisylabels.revision/1",
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1013,6 +1110,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             "num_clean": len(inputs.clean_ids),
             "num_revised": len(inputs.revise_ids),
             "consistency_gate": gate,
+            "realignment": {"enabled": realign, "min_gain": realign_min_gain, "num_cases": len(realigned)}
+            if realign else {"enabled": False},
             "versions": {"nnunet_noisylabels": _plugin_version(), "nnunetv2": _nnunet_version()},
             "cases": records,
         }
