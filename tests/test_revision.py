@@ -804,7 +804,7 @@ def test_revision_realigns_misplaced_labels_and_predicts_them_again(tmp_path, re
         _write_png(np.roll(_read(truth / f"{c}.png"), 6, axis=1), ds / "labelsTr" / f"{c}.png")
     step = FollowingStep(truth)
     manifest = rv.revise_dataset(ds, model_step=step, aux_folder=str(tmp_path / "aux"), realign=realign,
-                                 keep_consistent=False, progress=False, log=lambda s: None, report=False)
+                                 keep_consistent=False, progress=False, log=lambda s: None, report=realign)
     scores = {c: dice(_read(ds / "labelsTr" / f"{c}.png"), _read(truth / f"{c}.png"))
               for c in manifest["cases"] if manifest["cases"][c]["source"] == "revised"}
     for c in ("toy_005", "toy_006", "toy_007"):  # dilated in place: predicted once, never moved
@@ -822,6 +822,9 @@ def test_revision_realigns_misplaced_labels_and_predicts_them_again(tmp_path, re
         assert scores[c] > 0.65  # the second pass read a label 3 px off instead of 6 and predicts 2 px off
     saved = json.loads((ds / "labelsTr_revision.json").read_text())
     assert saved["cases"]["toy_002"]["realigned"]["1"]["moved"] is True
+    report = json.loads((ds / "labelsTr_revision_report" / "report.json").read_text())["cases"]
+    assert {c for c, r in report.items() if r["decision"] == "realigned, predicted again"} == set(misplaced)
+    assert report["toy_005"]["decision"] == "predicted" and report["toy_000"]["decision"] == "clean label"
 
 
 def test_realign_needs_the_network(toy2d):

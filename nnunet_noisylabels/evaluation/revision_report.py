@@ -176,7 +176,10 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
         imp2, rev2 = (imp[0][0], rev[0][0]) if is2d else (imp[0], rev[0])
         nmap2 = None if nmap is None else (nmap[0] if is2d else nmap)
         truth2 = None if truth is None else (truth[0] if is2d else truth)
-        row = {"source": manifest["cases"][case_id]["source"]}
+        rec = manifest["cases"][case_id]
+        row = {"source": rec["source"], "decision": "clean label" if rec["source"] == "clean" else
+               "kept imperfect" if rec.get("kept_imperfect") else
+               "realigned, predicted again" if rec.get("realigned") else "predicted"}
         row.update(case_metrics(imp2, rev2, nmap2, truth2, classes, spacing))
         rows[case_id] = row
 
@@ -235,7 +238,7 @@ def _stringify_keys(x):
     return x
 
 
-_CSV_COLUMNS = ["case", "source", "fraction_changed", "fraction_over", "fraction_under", "fraction_swap",
+_CSV_COLUMNS = ["case", "source", "decision", "fraction_changed", "fraction_over", "fraction_under", "fraction_swap",
                 "flagged_over", "flagged_under", "flagged_over_share_of_imperfect_fg",
                 "flagged_under_share_of_imperfect_fg", "dice_imperfect", "dice_revised",
                 "hd95_imperfect", "hd95_revised"]
@@ -269,10 +272,10 @@ def _write_markdown(summary: dict, path: Path) -> None:
               "flagged_under", "dice_imperfect",
               "dice_revised", "hd95_imperfect", "hd95_revised"):
         lines.append(f"| {k} | {_fmt(m.get(k))} |")
-    lines += ["", "| case | source | changed | flagged over | flagged under | Dice imperfect | Dice revised | "
+    lines += ["", "| case | decision | changed | flagged over | flagged under | Dice imperfect | Dice revised | "
                   "HD95 imperfect | HD95 revised |", "|---|---|---|---|---|---|---|---|---|"]
     for case_id, r in summary["cases"].items():
-        lines.append(f"| {case_id} | {r['source']} | {_fmt(r['fraction_changed'])} | {_fmt(r['flagged_over'])} | "
+        lines.append(f"| {case_id} | {r['decision']} | {_fmt(r['fraction_changed'])} | {_fmt(r['flagged_over'])} | "
                      f"{_fmt(r['flagged_under'])} | {_fmt(r.get('dice_imperfect'))} | {_fmt(r.get('dice_revised'))}"
                      f" | {_fmt(r.get('hd95_imperfect'))} | {_fmt(r.get('hd95_revised'))} |")
     if summary["overlays"]:
