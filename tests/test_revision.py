@@ -853,3 +853,14 @@ def test_cli_passes_realign_options(toy2d, monkeypatch):
     monkeypatch.setattr(rv, "revise_dataset", lambda *a, **k: seen.update(k))
     assert main(["-d", str(toy2d[0]), "--realign", "--realign_min_gain", "0.1"]) == 0
     assert seen["realign"] is True and seen["realign_min_gain"] == 0.1
+
+
+def test_links_to_symlinked_images_resolve_from_any_depth(tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "a_0000.png").write_bytes(b"image")
+    (tmp_path / "noisy").mkdir()
+    os.symlink("../clean/a_0000.png", tmp_path / "noisy" / "a_0000.png")  # as nnUNetv2_nl_corrupt links images
+    deep = tmp_path / "aux" / "realigned" / "imagesTs"
+    deep.mkdir(parents=True)
+    rv._link_or_copy(tmp_path / "noisy" / "a_0000.png", deep / "a_0000.png")
+    assert (deep / "a_0000.png").read_bytes() == b"image"

@@ -98,7 +98,10 @@ def _sha256(path: Path) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    # Hard links keep the auxiliary dataset cheap; nnU-Net never writes into raw images.
+    # Hard links keep the auxiliary dataset cheap; nnU-Net never writes into raw images. The source is resolved
+    # first: a hard link to a relative symlink (images of a corrupted copy point to the clean dataset's) would
+    # point elsewhere from a folder at another depth.
+    src = Path(src).resolve()
     try:
         os.link(src, dst)
     except OSError:
