@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realign_min_gain", type=float, default=0.05,
                    help="Dice a rigid move must gain (against the first prediction) for a class to be moved. "
                         "Default: 0.05.")
+    p.add_argument("--realign_rounds", type=int, default=3,
+                   help="Realign-and-predict rounds: each moves the label onto the latest prediction, which the "
+                        "network drew partly towards the misplaced label, and predicts again. Default: 3.")
     p.add_argument("--no_pbar", action="store_true", help="Disable progress bars.")
     return p
 
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                        truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
                        keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
                        use_mirroring=not args.disable_tta, realign=args.realign,
-                       realign_min_gain=args.realign_min_gain,
+                       realign_min_gain=args.realign_min_gain, realign_rounds=args.realign_rounds,
                        progress=not args.no_pbar)
     except (ValueError, FileNotFoundError) as e:
         print(f"nnUNetv2_nl_revise: error: {e}", file=sys.stderr)

@@ -662,12 +662,14 @@ def check_reusable_model(model_folder: Path, aux: AuxDataset, fold: str, checkpo
 
 
 def realign_imperfect_inputs(inputs: RevisionInputs, aux: AuxDataset, predictions: Path, min_gain: float = 0.05,
-                             progress: bool = False) -> tuple[AuxDataset | None, dict[str, dict]]:
-    """Rigidly realign misplaced imperfect labels onto the first predictions, as inputs for a second pass.
+                             progress: bool = False, case_ids: Iterable[str] | None = None
+                             ) -> tuple[AuxDataset | None, dict[str, dict]]:
+    """Rigidly realign misplaced imperfect labels onto the latest predictions, as inputs for another pass.
 
-    For each case to revise, every class of the imperfect label is moved onto the class's first prediction when that
-    raises their Dice by at least ``min_gain`` (see :mod:`.realign`). The cases with a moved class get their image
-    channels and the realigned label as the network's input channels in ``<aux>/realigned/imagesTs``.
+    For each case to revise (or each of ``case_ids``), every class of the imperfect label is moved onto the class's
+    prediction when that raises their Dice by at least ``min_gain`` (see :mod:`.realign`). The cases with a moved
+    class get their image channels and the realigned label as the network's input channels in
+    ``<aux>/realigned/imagesTs``.
 
     Returns:
         ``(auxiliary dataset of the realigned cases or None if none moved, {case: {class: realignment info}})`` for
@@ -682,7 +684,8 @@ def realign_imperfect_inputs(inputs: RevisionInputs, aux: AuxDataset, prediction
         shutil.rmtree(folder)
     (folder / "imagesTs").mkdir(parents=True)
     moved: dict[str, dict] = {}
-    for case_id in _progress(inputs.revise_ids, "Realigning misplaced labels", progress):
+    for case_id in _progress(list(inputs.revise_ids if case_ids is None else case_ids), "Realigning misplaced labels",
+                             progress):
         seg, props = rw.read_seg(str(inputs.imperfect_label(case_id)))
         pred, _ = rw.read_seg(str(Path(predictions) / f"{case_id}{fe}"))
         # 2D data come as (1, X, Y) with a dummy spacing on the first axis
@@ -709,27 +712,39 @@ def second_pass_step(step: ModelStep, first_pass_info: dict) -> ModelStep:
 
 
 def _realign_and_repredict(inputs: RevisionInputs, aux: AuxDataset, step: ModelStep, first_pass_info: dict,
-                           min_gain: float, progress: bool, log: Callable[[str], None]) -> dict[str, dict]:
-    """Realign misplaced labels onto the first predictions, predict those cases again, and put the second-pass
-    predictions (with their ``.npz``/``.pkl`` when present) in place of the first ones in ``predictionsTs``."""
+                           min_gain: float, rounds: int, progress: bool, log: Callable[[str], None]
+                           ) -> dict[str, dict]:
+    """Realign misplaced labels onto the latest predictions and predict those cases again, ``rounds`` times; the
+    new predictions (with their ``.npz``/``.pkl`` when present) replace the earlier ones in ``predictionsTs``.
+
+    The network follows a misplaced label part of the way, so its prediction lies between the label and the
+    structure; each round moves the (original) label onto the latest prediction, closer to the structure, and the
+    next prediction closer still. A round considers only the cases moved in the round before.
+    """
     predictions = aux.folder / "predictionsTs"
-    sub, moved = realign_imperfect_inputs(inputs, aux, predictions, min_gain, progress)
-    log(f"Realignment: {len(moved)} of {len(inputs.revise_ids)} case(s) have a misplaced label"
-        + (", predicting them again from the realigned label" if moved else ""))
-    if sub is None:
-        return moved
-    out = sub.folder / "predictionsTs"
-    out.mkdir()
-    second_pass_step(step, first_pass_info)(sub, out)
+    moved: dict[str, dict] = {}
+    candidates = None
     fe = inputs.file_ending
-    missing = [c for c in sub.predict_ids if not (out / f"{c}{fe}").is_file()]
-    if missing:
-        raise RuntimeError(f"The second pass produced no prediction for {len(missing)} realigned case(s), e.g. "
-                           f"{missing[:5]}; labelsTr/ was left unchanged.")
-    for c in sub.predict_ids:
-        for f in (f"{c}{fe}", f"{c}.npz", f"{c}.pkl"):
-            if (out / f).is_file():
-                shutil.copy2(out / f, predictions / f)
+    for r in range(1, rounds + 1):
+        sub, now = realign_imperfect_inputs(inputs, aux, predictions, min_gain, progress, candidates)
+        considered = len(inputs.revise_ids if candidates is None else candidates)
+        log(f"Realignment, round {r}/{rounds}: {len(now)} of {considered} case(s) have a misplaced label"
+            + (", predicting them again from the realigned label" if now else ""))
+        if sub is None:
+            break
+        out = sub.folder / "predictionsTs"
+        out.mkdir()
+        second_pass_step(step, first_pass_info)(sub, out)
+        missing = [c for c in sub.predict_ids if not (out / f"{c}{fe}").is_file()]
+        if missing:
+            raise RuntimeError(f"The second pass produced no prediction for {len(missing)} realigned case(s), e.g. "
+                               f"{missing[:5]}; labelsTr/ was left unchanged.")
+        for c in sub.predict_ids:
+            for f in (f"{c}{fe}", f"{c}.npz", f"{c}.pkl"):
+                if (out / f).is_file():
+                    shutil.copy2(out / f, predictions / f)
+            moved[c] = {"rounds": r, "classes": now[c]}
+        candidates = sub.predict_ids
     return moved
 
 
@@ -955,6 +970,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                    save_noise_maps: bool = True, truth_folder: str | None = None, report: bool = True,
                    keep_aux: bool = True, keep_consistent: bool = True, consistency_ratio: float = 3.0,
                    use_mirroring: bool = True, realign: bool = False, realign_min_gain: float = 0.05,
+                   realign_rounds: int = 3,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Revise the imperfect labels of a raw nnU-Net dataset with a model trained on its clean pairs.
 
@@ -991,6 +1007,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             label rigidly onto the network's first prediction where that raises their Dice by ``realign_min_gain``,
             and predict those cases again from the realigned label (see :mod:`.realign`).
         realign_min_gain: see ``realign``.
+        realign_rounds: realign-and-predict rounds (each one moves the label onto the latest prediction; a round
+            costs one prediction of the realigned cases).
         progress: progress bars.
         log: where progress messages go.
 
@@ -1021,6 +1039,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                             "method 'clean_only' does not read it. Use --method nin or ensemble.")
     if not 0 < realign_min_gain < 1:
         raise RevisionError(f"realign_min_gain must be in (0, 1), got {realign_min_gain}.")
+    if realign_rounds < 1:
+        raise RevisionError(f"realign_rounds must be at least 1, got {realign_rounds}.")
     if model_step is None:
         if device is None:
             import torch
@@ -1066,7 +1086,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             infos[m] = model_step[m](auxes[m], auxes[m].folder / "predictionsTs") or {}
             if realign and m == "nin":
                 realigned = _realign_and_repredict(inputs, auxes[m], model_step[m], infos[m], realign_min_gain,
-                                                   progress, log)
+                                                   realign_rounds, progress, log)
         aux = auxes[members[0]]
         if ensemble:
             pred_dir = aux.folder / "predictionsTs_ensemble"
@@ -1113,7 +1133,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             "num_clean": len(inputs.clean_ids),
             "num_revised": len(inputs.revise_ids),
             "consistency_gate": gate,
-            "realignment": {"enabled": realign, "min_gain": realign_min_gain, "num_cases": len(realigned)}
+            "realignment": {"enabled": realign, "min_gain": realign_min_gain, "rounds": realign_rounds,
+                            "num_cases": len(realigned)}
             if realign else {"enabled": False},
             "versions": {"nnunet_noisylabels": _plugin_version(), "nnunetv2": _nnunet_version()},
             "cases": records,
