@@ -873,3 +873,40 @@ def test_links_to_symlinked_images_resolve_from_any_depth(tmp_path):
     deep.mkdir(parents=True)
     rv._link_or_copy(tmp_path / "noisy" / "a_0000.png", deep / "a_0000.png")
     assert (deep / "a_0000.png").read_bytes() == b"image"
+
+
+@pytest.mark.slow
+def test_realignment_rounds_through_nnunet(nnunet_env, monkeypatch):
+    """The realignment's extra passes go through nnU-Net's predictor with the model of the first pass (no second
+    training), from inputs written one folder deeper; every case is declared misplaced here (by a patched decision,
+    so the test does not hang on what a few training iterations learn)."""
+    import torch
+
+    from nnunet_noisylabels.preprocessing import realign
+
+    torch.set_num_threads(1)
+    raw = Path(nnunet_env["nnUNet_raw"])
+    ds, truth = make_dataset(raw, dim=2, n_cases=5, n_clean=2, name="Dataset141_Realign")
+    seen = []
+
+    def always_move(imperfect, reference, classes, spacing=None, min_gain=0.05):
+        seen.append(reference.copy())
+        return np.roll(imperfect, 1, axis=0), {int(c): {"moved": True} for c in classes}
+
+    monkeypatch.setattr(realign, "realign_label_map", always_move)
+    assert main(["-d", "141", "-tr", "NoiseIdentificationTrainer_debug", "-device", "cpu", "--no_pbar", "--no_report",
+                 "--realign", "--realign_rounds", "2", "--aux_id", "541"]) == 0
+    manifest = json.loads((ds / "labelsTr_revision.json").read_text())
+    assert manifest["realignment"] == {"enabled": True, "min_gain": 0.05, "rounds": 2, "num_cases": 3}
+    assert manifest["model"]["trained_here"] is True
+    assert len(list(Path(nnunet_env["nnUNet_results"]).rglob("checkpoint_final.pth"))) == 1
+    aux = raw / "Dataset541_RealignNIN"
+    assert len(seen) == 6  # 3 cases, 2 rounds
+    for c in ("toy_002", "toy_003", "toy_004"):
+        rec = manifest["cases"][c]
+        assert rec["realigned"]["rounds"] == 2 and rec["noise_map_from"] == "difference"
+        # the label input of the last round is the rolled imperfect label, and its prediction is the revised label
+        np.testing.assert_array_equal(_read(aux / "realigned" / "imagesTs" / f"{c}_0001.png"),
+                                      np.roll(_read(ds / "labelsTr_imperfect" / f"{c}.png"), 1, axis=0))
+        np.testing.assert_array_equal(_read(ds / "labelsTr" / f"{c}.png"),
+                                      _read(aux / "realigned" / "predictionsTs" / f"{c}.png"))
