@@ -22,10 +22,14 @@ import SimpleITK as sitk
 from nnunet_noisylabels.evaluation.metrics import dice
 
 
-def _to_image(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> sitk.Image:
+def _to_image(mask: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
     img = sitk.GetImageFromArray(mask.astype(np.float32))
     # numpy axis order (X, Y[, Z]) is SimpleITK's reversed index order
     img.SetSpacing([float(s) for s in spacing][::-1])
+    return img
+
+
+def _smooth(img: sitk.Image, spacing: Sequence[float], sigma: float) -> sitk.Image:
     return sitk.SmoothingRecursiveGaussian(img, sigma * min(spacing)) if sigma > 0 else img
 
 
@@ -52,9 +56,9 @@ def rigid_align_mask(moving: np.ndarray, fixed: np.ndarray, spacing: Sequence[fl
     spacing = [1.0] * moving.ndim if spacing is None else [float(s) for s in spacing]
     if not moving.any() or not fixed.any():
         return moving.copy(), {"translation": [0.0] * moving.ndim}
-    f_img, m_img = _to_image(fixed, spacing, sigma), _to_image(moving, spacing, sigma)
+    f_sharp, m_sharp = _to_image(fixed, spacing), _to_image(moving, spacing)
     transform = sitk.Euler2DTransform() if moving.ndim == 2 else sitk.Euler3DTransform()
-    init = sitk.CenteredTransformInitializer(_to_image(fixed, spacing, 0), _to_image(moving, spacing, 0), transform,
+    init = sitk.CenteredTransformInitializer(f_sharp, m_sharp, transform,
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMeanSquares()
@@ -63,9 +67,9 @@ def rigid_align_mask(moving: np.ndarray, fixed: np.ndarray, spacing: Sequence[fl
                                                  gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetInitialTransform(init, inPlace=False)
-    found = reg.Execute(f_img, m_img)
+    found = reg.Execute(_smooth(f_sharp, spacing, sigma), _smooth(m_sharp, spacing, sigma))
     # resample the sharp mask (linear, then threshold: a moved binary mask without nearest-neighbour staircases)
-    moved = sitk.Resample(_to_image(moving, spacing, 0), _to_image(fixed, spacing, 0), found, sitk.sitkLinear, 0.0)
+    moved = sitk.Resample(m_sharp, f_sharp, found, sitk.sitkLinear, 0.0)
     out = sitk.GetArrayFromImage(moved) > 0.5
     params = sitk.CompositeTransform(found).GetNthTransform(0).GetParameters() if isinstance(
         found, sitk.CompositeTransform) else found.GetParameters()
