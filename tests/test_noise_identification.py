@@ -214,6 +214,35 @@ def test_misregister_label_channels_moves_the_label_rigidly():
     assert 0 < sum(changed) < 8 and set(r3.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="probability"):
         misregister_label_channels(x, 1.5)
+    with pytest.raises(ValueError, match="per_class_probability"):
+        misregister_label_channels(x, 0.5, per_class_probability=-0.1)
+
+
+def test_misregister_label_channels_per_class_moves_each_class_on_its_own():
+    x = torch.zeros(64, 2, 32, 32)
+    x[:, 0, 4:12, 4:16] = 1  # class 1
+    x[:, 1, 20:24, 20:24] = 1  # class 2, far from class 1 (no overlap after a shift of <= 3 px)
+    # one channel: the per-class switch changes nothing, not even the random draws
+    one = x[:, :1]
+    a = misregister_label_channels(one, 1.0, generator=torch.Generator().manual_seed(3))
+    b = misregister_label_channels(one, 1.0, per_class_probability=1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, one)
+    moved = misregister_label_channels(x, 1.0, max_rotation=0.0, max_shift=0.1, per_class_probability=1.0,
+                                       generator=torch.Generator().manual_seed(4))
+    differ = 0
+    for s in moved:
+        lo = [torch.nonzero(s[k]).min(0).values - torch.tensor(o) for k, o in ((0, (4, 4)), (1, (20, 20)))]
+        assert s[0].sum() == 96 and s[1].sum() == 16  # a pure translation of each class
+        differ += int(not torch.equal(lo[0], lo[1]))
+    assert differ > 48  # independent offsets (a joint move gives equal ones, see the test above)
+    # overlapping moves: the channels stay exclusive
+    y = torch.zeros(64, 2, 16, 16)
+    y[:, 0, 4:12, 4:12] = 1
+    y[:, 1, 6:10, 6:10] = 1
+    y[:, 0, 6:10, 6:10] = 0
+    z = misregister_label_channels(y, 1.0, max_shift=0.3, per_class_probability=1.0,
+                                   generator=torch.Generator().manual_seed(5))
+    assert (z.sum(1) <= 1).all() and (z[:, 1].flatten(1).sum(1) > 0).any()
     with pytest.raises(ValueError, match="max_shift"):
         misregister_label_channels(x, 0.5, max_shift=2.0)
 
@@ -379,7 +408,8 @@ def test_train_step_feeds_the_perturbed_label_to_network_and_loss():
     fake = SimpleNamespace(device=torch.device("cpu"), network=net, nin_loss=Loss(), grad_scaler=None,
                            optimizer=torch.optim.SGD(net.parameters(), lr=0.1), num_image_channels=1,
                            label_drop_probability=1.0, label_morph_probability=0.0, label_morph_max_radius=2,
-                           label_shift_probability=0.0, label_shift_max_rotation=15.0, label_shift_max_fraction=0.1)
+                           label_shift_probability=0.0, label_shift_max_rotation=15.0, label_shift_max_fraction=0.1,
+                           label_shift_per_class_probability=0.0)
     NoiseIdentificationTrainer.train_step(fake, {"data": data, "target": torch.zeros(2, 1, 6, 6)})
     assert torch.equal(seen["input"][:, 0], data[:, 0]) and seen["input"][:, 1].sum() == 0
     assert seen["imperfect"].sum() == 0

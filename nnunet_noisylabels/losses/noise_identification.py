@@ -100,7 +100,8 @@ def perturb_label_channels(label_channels: torch.Tensor, drop_probability: float
 
 
 def misregister_label_channels(label_channels: torch.Tensor, probability: float, max_rotation: float = 15.0,
-                               max_shift: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+                               max_shift: float = 0.1, per_class_probability: float = 0.0,
+                               generator: torch.Generator | None = None) -> torch.Tensor:
     """Training-time misregistration of the imperfect-label input: a random rigid move of the label against the image.
 
     nnU-Net's spatial augmentation moves image and label channels together, so the network never sees a label that
@@ -111,11 +112,18 @@ def misregister_label_channels(label_channels: torch.Tensor, probability: float,
     times the patch extent per axis (in normalized patch coordinates), with nearest-neighbour sampling and background
     outside (the targets stay the clean label; derive the noise-head targets from the moved input).
 
+    Structures drawn one by one can be misplaced one by one (the 3-class alpha/beta protocol moves every class by
+    its own draw): with ``per_class_probability``, a moved sample gets an independent draw per label channel instead
+    of one for all; where two moved classes then claim a voxel, the higher channel value wins, ties the lower class
+    (the channels stay exclusive, as a decoded label map is).
+
     Args:
         label_channels: (B, K-1, X, Y[, Z]) float, nominally 0/1.
         probability: per-sample probability in [0, 1].
         max_rotation: largest rotation in degrees (>= 0).
         max_shift: largest translation as a fraction of the extent of each axis, in [0, 1].
+        per_class_probability: probability in [0, 1] that a moved sample moves each class on its own (no effect
+            with one label channel).
         generator: optional torch generator (on CPU) for reproducible draws.
 
     Returns:
@@ -123,13 +131,46 @@ def misregister_label_channels(label_channels: torch.Tensor, probability: float,
     """
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability must lie in [0, 1], got {probability}.")
+    if not 0.0 <= per_class_probability <= 1.0:
+        raise ValueError(f"per_class_probability must lie in [0, 1], got {per_class_probability}.")
     if max_rotation < 0 or not 0.0 <= max_shift <= 1.0:
         raise ValueError(f"Need max_rotation >= 0 and max_shift in [0, 1], got {max_rotation}, {max_shift}.")
     out = label_channels.clone()
-    b, spatial = out.shape[0], out.dim() - 2
+    b, k, spatial = out.shape[0], out.shape[1], out.dim() - 2
     chosen = torch.rand(b, generator=generator) < probability
     if not bool(chosen.any()):
         return out
+    n = int(chosen.sum())
+    # one draw per (sample, channel); a sample moved as a whole uses its first channel's draw for all channels
+    angles = (torch.rand((n, k), generator=generator) * 2 - 1) * torch.deg2rad(torch.tensor(float(max_rotation)))
+    # affine_grid works in normalized coordinates [-1, 1]: a shift of f * extent is 2 * f
+    shifts = (torch.rand((n, k, spatial), generator=generator) * 2 - 1) * 2 * max_shift
+    # the plane of the rotation: the only one in 2D, one of the three axis planes in 3D
+    planes = torch.zeros((n, k), dtype=torch.long) if spatial == 2 else torch.randint(0, 3, (n, k), generator=generator)
+    per_class = torch.zeros(n, dtype=torch.bool)
+    if per_class_probability > 0 and k > 1:
+        per_class = torch.rand(n, generator=generator) < per_class_probability
+    joint = ~per_class
+    angles[joint], shifts[joint], planes[joint] = (angles[joint, :1].expand(-1, k), shifts[joint, :1].expand(-1, k, -1),
+                                                   planes[joint, :1].expand(-1, k))
+    theta = torch.zeros((n * k, spatial, spatial + 1))
+    for i, (angle, shift, plane) in enumerate(zip(angles.flatten(), shifts.flatten(0, 1), planes.flatten())):
+        a, c = ((0, 1), (0, 2), (1, 2))[int(plane)]
+        rot = torch.eye(spatial)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rot[a, a], rot[a, c], rot[c, a], rot[c, c] = cos, -sin, sin, cos
+        theta[i, :, :spatial] = rot
+        theta[i, :, spatial] = shift
+    x = out[chosen].float().flatten(0, 1)[:, None]
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    moved = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False).view(n, k, *x.shape[2:])
+    if bool(per_class.any()):
+        sub = moved[per_class]
+        winner = sub.argmax(1, keepdim=True)
+        moved[per_class] = torch.where(torch.arange(k, device=sub.device).view(1, k, *[1] * spatial) == winner, sub,
+                                       torch.zeros_like(sub))
+    out[chosen] = moved.to(out.dtype)
+    return out
     n = int(chosen.sum())
     angles = (torch.rand(n, generator=generator) * 2 - 1) * torch.deg2rad(torch.tensor(float(max_rotation)))
     # affine_grid works in normalized coordinates [-1, 1]: a shift of f * extent is 2 * f

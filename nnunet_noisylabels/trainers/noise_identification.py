@@ -130,7 +130,8 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
     Hyperparameters (attributes): ``branch_loss_weights`` (revised, over, under); the training-time perturbation
     of the imperfect-label input (``label_drop_probability``, ``label_morph_probability``,
     ``label_morph_max_radius``; see :func:`perturb_label_channels`) and its misregistration
-    (``label_shift_probability``, ``label_shift_max_rotation``, ``label_shift_max_fraction``; see
+    (``label_shift_probability``, ``label_shift_max_rotation``, ``label_shift_max_fraction``,
+    ``label_shift_per_class_probability``; see
     :func:`misregister_label_channels`), all off by default. The revision rule is the
     network's ``fusion`` attribute (default ``"mean"``); the noise maps come from ``network.eval_output =
     'branches'``.
@@ -142,6 +143,7 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
     label_shift_probability = 0.0
     label_shift_max_rotation = 15.0
     label_shift_max_fraction = 0.1
+    label_shift_per_class_probability = 0.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -216,7 +218,7 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
                                             self.label_morph_max_radius)
         if self.label_shift_probability > 0:
             labels = misregister_label_channels(labels, self.label_shift_probability, self.label_shift_max_rotation,
-                                                self.label_shift_max_fraction)
+                                                self.label_shift_max_fraction, self.label_shift_per_class_probability)
         if labels is not given:
             data = torch.cat((data[:, :c], labels), 1)
         imperfect = imperfect_label_from_channels(labels)
@@ -275,6 +277,7 @@ class NoiseIdentificationTrainer_labelShift(NoiseIdentificationTrainer):
     """
 
     label_shift_probability = 1 / 3
+    label_shift_per_class_probability = 0.5
 
 
 class NoiseIdentificationTrainer_labelDrop_budget(BudgetMixin, NoiseIdentificationTrainer_labelDrop):
