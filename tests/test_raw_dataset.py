@@ -6,8 +6,8 @@ import pytest
 
 from nnunet_noisylabels.utilities.raw_dataset import (RawDatasetError, check_label_values, check_same_geometry,
                                                       image_files, load_dataset_json, num_classes, read_images,
-                                                      read_label, resolve_raw_dataset, training_case_ids,
-                                                      write_label_atomic)
+                                                      read_label, resolve_raw_dataset, spatial_view,
+                                                      training_case_ids, write_label_atomic)
 
 
 @pytest.mark.parametrize("fixture", ["dataset_2d", "dataset_3d_multiclass"])
@@ -25,6 +25,20 @@ def test_read_write_roundtrip(fixture, request, tmp_path):
     again, _ = read_label(out, dj)
     np.testing.assert_array_equal(again, seg)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("fixture,ndim", [("dataset_2d", 2), ("dataset_3d_multiclass", 3)])
+def test_spatial_view_drops_the_2d_dummy_axis(fixture, ndim, request):
+    folder = request.getfixturevalue(fixture)
+    dj = load_dataset_json(folder)
+    path = folder / "labelsTr" / f"{training_case_ids(folder, dj)[0]}{dj['file_ending']}"
+    seg, props = read_label(path, dj)
+    view, spacing = spatial_view(seg[None], props["spacing"])
+    assert view.ndim == ndim == len(spacing)
+    assert spacing == [float(s) for s in props["spacing"]][-ndim:]
+    np.testing.assert_array_equal(view, seg.reshape(view.shape))
+    with pytest.raises(ValueError, match="shape"):
+        spatial_view(seg, props["spacing"])
 
 
 def test_resolve_by_id_and_name(dataset_2d):

@@ -17,7 +17,7 @@ import numpy as np
 from nnunet_noisylabels.evaluation.metrics import dice, hd95
 from nnunet_noisylabels.preprocessing.revision import (
     MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR, _progress, noise_map, noise_statistics)
-from nnunet_noisylabels.utilities.raw_dataset import load_json, reader_writer, write_json_atomic
+from nnunet_noisylabels.utilities.raw_dataset import load_json, reader_writer, spatial_view, write_json_atomic
 
 
 def _finite_mean(values) -> float | None:
@@ -163,19 +163,19 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     for case_id in _progress(cases, "Revision report", progress):
         imp, props = rw.read_seg(str(originals_dir / f"{case_id}{fe}"))
         rev, _ = rw.read_seg(str(labels_dir / f"{case_id}{fe}"))
-        nmap = rw.read_seg(str(noise_dir / f"{case_id}{fe}"))[0][0] if noise_dir is not None and \
+        nmap = rw.read_seg(str(noise_dir / f"{case_id}{fe}"))[0] if noise_dir is not None and \
             (noise_dir / f"{case_id}{fe}").is_file() else None
         truth = None
         if truth_dir is not None and (truth_dir / f"{case_id}{fe}").is_file():
-            truth = rw.read_seg(str(truth_dir / f"{case_id}{fe}"))[0][0]
-            if truth.shape != imp[0].shape:
-                raise ValueError(f"True label of '{case_id}' has shape {truth.shape}, the dataset's {imp[0].shape}.")
-        # 2D data come as (1, X, Y) with a dummy spacing on the first axis: evaluate them as 2D
-        is2d = imp.shape[1] == 1
-        spacing = list(props["spacing"])[1:] if is2d else list(props["spacing"])
-        imp2, rev2 = (imp[0][0], rev[0][0]) if is2d else (imp[0], rev[0])
-        nmap2 = None if nmap is None else (nmap[0] if is2d else nmap)
-        truth2 = None if truth is None else (truth[0] if is2d else truth)
+            truth = rw.read_seg(str(truth_dir / f"{case_id}{fe}"))[0]
+            if truth.shape != imp.shape:
+                raise ValueError(f"True label of '{case_id}' has shape {truth.shape[1:]}, the dataset's "
+                                 f"{imp.shape[1:]}.")
+        # evaluated as 2D or 3D arrays with their own spacing
+        imp2, spacing = spatial_view(imp, props["spacing"])
+        rev2 = spatial_view(rev, props["spacing"])[0]
+        nmap2 = None if nmap is None else spatial_view(nmap, props["spacing"])[0]
+        truth2 = None if truth is None else spatial_view(truth, props["spacing"])[0]
         rec = manifest["cases"][case_id]
         row = {"source": rec["source"], "decision": "clean label" if rec["source"] == "clean" else
                "kept imperfect" if rec.get("kept_imperfect") else

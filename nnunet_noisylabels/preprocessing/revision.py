@@ -688,15 +688,13 @@ def realign_imperfect_inputs(inputs: RevisionInputs, aux: AuxDataset, prediction
                              progress):
         seg, props = rw.read_seg(str(inputs.imperfect_label(case_id)))
         pred, _ = rw.read_seg(str(Path(predictions) / f"{case_id}{fe}"))
-        # 2D data come as (1, X, Y) with a dummy spacing on the first axis
-        is2d = seg.shape[1] == 1
-        spacing = list(props["spacing"])[1:] if is2d else list(props["spacing"])
-        imp, ref = (seg[0][0], pred[0][0]) if is2d else (seg[0], pred[0])
-        new, info = realign_label_map(imp, ref, range(1, K), spacing, min_gain)
+        imp, spacing = raw_dataset.spatial_view(seg, props["spacing"])
+        new, info = realign_label_map(imp, raw_dataset.spatial_view(pred, props["spacing"])[0], range(1, K), spacing,
+                                      min_gain)
         if not any(v["moved"] for v in info.values()):
             continue
         moved[case_id] = {c: v for c, v in info.items() if v["moved"]}
-        _write_case_inputs(inputs, rw, case_id, folder / "imagesTs", new[None] if is2d else new)
+        _write_case_inputs(inputs, rw, case_id, folder / "imagesTs", new.reshape(seg.shape[1:]))
     if not moved:
         shutil.rmtree(folder)
         return None, moved

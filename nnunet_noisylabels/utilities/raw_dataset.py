@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -149,6 +149,18 @@ def read_label(path: str | os.PathLike, dataset_json: dict) -> tuple[np.ndarray,
         raise RawDatasetError(f"Could not read label file {path} ({type(e).__name__}: {e}). "
                               f"Is the file corrupt or not a {dataset_json['file_ending']} file?") from None
     return np.asarray(seg[0]), props
+
+
+def spatial_view(seg: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+    """A label map as nnU-Net's readers return it, (1, X, Y[, Z]), as a 2D or 3D array with its spacing.
+
+    2D formats come as (1, 1, X, Y) with a dummy spacing on the first axis: they are returned as (X, Y) with the
+    spacing of the last two axes; 3D maps as (X, Y, Z) with their spacing.
+    """
+    if seg.ndim != 4 or seg.shape[0] != 1:
+        raise ValueError(f"Expected a label map of shape (1, X, Y, Z) as nnU-Net reads it, got {seg.shape}.")
+    is2d = seg.shape[1] == 1
+    return (seg[0, 0], [float(s) for s in spacing][1:]) if is2d else (seg[0], [float(s) for s in spacing])
 
 
 def read_images(paths: Iterable[str | os.PathLike], dataset_json: dict) -> tuple[np.ndarray, dict]:
