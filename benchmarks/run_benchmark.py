@@ -215,8 +215,15 @@ class Runner:
         (tmp / "dataset.json").write_text(json.dumps(dj, indent=2))
         tmp.rename(out)
 
+    def revision_trainer(self, method: str) -> str | None:
+        """The phase-1 trainer of a revision method (``--nin_trainer`` replaces the network's)."""
+        if method == "nin" and self.args.nin_trainer:
+            return self.args.nin_trainer
+        return REVISIONS[method][2]
+
     def revise(self, method: str) -> None:
-        key, suffix, trainer = REVISIONS[method]
+        key, suffix, _ = REVISIONS[method]
+        trainer = self.revision_trainer(method)
         if self.folder(key).is_dir():
             return
         noisy = self.folder("noisy")
@@ -226,6 +233,8 @@ class Runner:
                "-np", str(self.args.np), "--no_pbar"]
         if self.args.disable_tta:
             cmd.append("--disable_tta")
+        if self.args.realign and method in ("nin", "ensemble"):
+            cmd.append("--realign")
         if method == "ensemble":
             # the two phase-1 models of the other revisions, reused: the ensemble costs their two trainings
             models = {}
@@ -235,8 +244,8 @@ class Runner:
                 used = manifest.get("model", {}).get("model_folder")
                 models[m] = used if used and Path(used).is_dir() else str(
                     Path(self.env["nnUNet_results"]) / manifest["aux_dataset"] /
-                    f"{REVISIONS[m][2]}__nnUNetPlans__{self.args.configuration}")
-            cmd += ["-tr", REVISIONS["nin"][2], "--model", models["nin"], "--clean_only_tr",
+                    f"{self.revision_trainer(m)}__nnUNetPlans__{self.args.configuration}")
+            cmd += ["-tr", self.revision_trainer("nin"), "--model", models["nin"], "--clean_only_tr",
                     REVISIONS["clean_only"][2], "--clean_only_model", models["clean_only"]]
         else:
             cmd += ["-tr", trainer]
@@ -302,7 +311,7 @@ class Runner:
         settings = {"source": a.source, "size": a.size, "protocol": a.protocol, "corrupt_extra": a.corrupt_extra,
                     "clean_fraction": a.clean_fraction, "seed": a.seed, "num_test": a.num_test,
                     "split_seed": a.split_seed, "configuration": a.configuration, "device": a.device,
-                    "disable_tta": a.disable_tta,
+                    "disable_tta": a.disable_tta, "nin_trainer": self.revision_trainer("nin"), "realign": a.realign,
                     "budget": self.budget}
         write_settings(self.work / "settings.json", settings)
         self.make_source()
@@ -439,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--disable_tta", action="store_true",
                    help="no test-time mirroring, for the revision and every arm's test predictions (3D on CPU)")
+    p.add_argument("--nin_trainer", default=None,
+                   help=f"phase-1 trainer of the network's revision (default {REVISIONS['nin'][2]}; e.g. "
+                        "NoiseIdentificationTrainer_labelShift_budget)")
+    p.add_argument("--realign", action="store_true",
+                   help="nnUNetv2_nl_revise --realign for the network's (and the ensemble's) revision")
     p.add_argument("-np", type=int, default=2)
     p.add_argument("--base_id", type=int, default=700)
     p.add_argument("--work", required=True, help="folder of the benchmark's nnU-Net folders and results")

@@ -104,7 +104,8 @@ def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
 
     bench = load_benchmark("run_benchmark")
     args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
-                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d")
+                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
+                              nin_trainer=None, realign=False)
     runner = bench.Runner(args)
     raw = tmp_path / "nnUNet_raw"
     (raw / "Dataset701_X_markov").mkdir()
@@ -132,3 +133,34 @@ def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
     assert cmd[cmd.index("-o") + 1] == "Dataset705_X_markov_ensemble"
     runner.revise("ensemble")  # done: nothing runs again
     assert len(calls) == 3
+    assert all("--realign" not in c for _, c in calls)
+
+
+def test_runner_passes_the_network_variant_and_realign(tmp_path):
+    """``--nin_trainer`` and ``--realign`` reach the network's and the ensemble's revision (and the ensemble looks for
+    the network's model under that trainer), not the clean-only one."""
+    import argparse
+
+    bench = load_benchmark("run_benchmark")
+    args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
+                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
+                              nin_trainer="NoiseIdentificationTrainer_labelShift_budget", realign=True)
+    runner = bench.Runner(args)
+    raw = tmp_path / "nnUNet_raw"
+    (raw / "Dataset701_X_ab").mkdir()
+    calls = {}
+
+    def fake_sh(cmd, step):
+        calls[step] = cmd
+        (raw / cmd[cmd.index("-o") + 1]).mkdir()
+        method = cmd[cmd.index("--method") + 1]
+        aux = {"nin": "Dataset500_X_abNIN", "clean_only": "Dataset501_X_abNLclean"}.get(method)
+        (raw / cmd[cmd.index("-o") + 1] / "labelsTr_revision.json").write_text(json.dumps({"aux_dataset": aux}))
+
+    runner.sh = fake_sh
+    runner.revise("ensemble")
+    nin, co, ens = calls["revise_nin"], calls["revise_clean_only"], calls["revise_ensemble"]
+    assert nin[nin.index("-tr") + 1] == "NoiseIdentificationTrainer_labelShift_budget" and "--realign" in nin
+    assert co[co.index("-tr") + 1] == "nnUNetTrainer_NLbudget" and "--realign" not in co
+    model = tmp_path / "nnUNet_results" / "Dataset500_X_abNIN" / "NoiseIdentificationTrainer_labelShift_budget__nnUNetPlans__2d"
+    assert "--realign" in ens and ens[ens.index("--model") + 1] == str(model)
