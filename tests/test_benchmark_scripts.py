@@ -162,5 +162,6 @@ def test_runner_passes_the_network_variant_and_realign(tmp_path):
     nin, co, ens = calls["revise_nin"], calls["revise_clean_only"], calls["revise_ensemble"]
     assert nin[nin.index("-tr") + 1] == "NoiseIdentificationTrainer_labelShift_budget" and "--realign" in nin
     assert co[co.index("-tr") + 1] == "nnUNetTrainer_NLbudget" and "--realign" not in co
-    model = tmp_path / "nnUNet_results" / "Dataset500_X_abNIN" / "NoiseIdentificationTrainer_labelShift_budget__nnUNetPlans__2d"
+    model = (tmp_path / "nnUNet_results" / "Dataset500_X_abNIN" /
+             "NoiseIdentificationTrainer_labelShift_budget__nnUNetPlans__2d")
     assert "--realign" in ens and ens[ens.index("--model") + 1] == str(model)
