@@ -307,6 +307,30 @@ def test_cli_failure_exit_code(toy2d, monkeypatch, capsys):
     assert tree_digest(ds / "labelsTr") == before
 
 
+def test_cli_report_failure_says_the_labels_were_revised(toy2d, monkeypatch, capsys):
+    """A report that fails after the labels were written must not claim labelsTr/ was left alone: exit 1, the
+    message says where the revised labels are and how to write the report again, and that command works."""
+    import nnunet_noisylabels.evaluation.revision_report as report
+
+    ds, truth = toy2d
+    monkeypatch.setattr(rv, "NnUNetModelStep", lambda **kw: TruthStep(truth))
+    real = report.write_revision_report
+
+    def broken(*a, **kw):
+        raise RuntimeError("no report today")
+
+    monkeypatch.setattr(report, "write_revision_report", broken)
+    assert main(["-d", str(ds), "--no_pbar", "-device", "cpu", "--truth", str(truth)]) == 1
+    err = capsys.readouterr().err
+    assert "labels were revised" in err and "was not changed" not in err and "no report today" in err
+    np.testing.assert_array_equal(_read(ds / "labelsTr" / "toy_005.png"), _read(truth / "toy_005.png"))
+    monkeypatch.setattr(report, "write_revision_report", real)
+    again = err.split("Write it again with: ")[1].split()
+    assert again[:1] == ["nnUNetv2_nl_revise"] and "--report_only" in again
+    assert main(again[1:] + ["--no_pbar"]) == 0
+    assert (ds / "labelsTr_revision_report" / "report.json").is_file()
+
+
 def test_interrupted_swap_is_recovered(toy2d):
     ds, truth = toy2d
     before = tree_digest(ds / "labelsTr")

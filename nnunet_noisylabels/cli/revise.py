@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run :func:`~nnunet_noisylabels.preprocessing.revision.revise_dataset`.
 
     Returns:
-        0 on success, 2 on bad input (nothing written), 1 when a later step failed (labelsTr left unchanged).
+        0 on success, 2 on bad input (nothing written), 1 when a later step failed (labelsTr left unchanged, or,
+        when only the report failed, the revised labels written and the message saying so).
     """
     args = build_parser().parse_args(argv)
-    from nnunet_noisylabels.preprocessing.revision import revise_dataset
+    from nnunet_noisylabels.preprocessing.revision import RevisionReportError, revise_dataset
 
     try:
         if args.report_only:
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                        use_mirroring=not args.disable_tta, realign=args.realign,
                        realign_min_gain=args.realign_min_gain, realign_rounds=args.realign_rounds,
                        progress=not args.no_pbar)
+    except RevisionReportError as e:  # after the labels were written: do not claim they were left alone
+        print(f"nnUNetv2_nl_revise: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as e:
         print(f"nnUNetv2_nl_revise: error: {e}", file=sys.stderr)
         return 2

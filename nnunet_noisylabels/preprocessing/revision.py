@@ -79,6 +79,11 @@ class RevisionError(RawDatasetError):
     """Bad input to the label revision: the message says what is wrong and how to fix it."""
 
 
+class RevisionReportError(RuntimeError):
+    """The revised labels are written (and complete), but the revision report could not be: the message says how to
+    write it again."""
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # small helpers (reading/writing goes through utilities.raw_dataset)
 # ----------------------------------------------------------------------------------------------------------------
@@ -1154,7 +1159,14 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
     if report:
         from nnunet_noisylabels.evaluation.revision_report import write_revision_report
 
-        summary = write_revision_report(target_root, truth_folder=truth_folder, progress=progress)
+        try:
+            summary = write_revision_report(target_root, truth_folder=truth_folder, progress=progress)
+        except Exception as e:
+            again = f"nnUNetv2_nl_revise -d {target_root} --report_only" + (
+                f" --truth {truth_folder}" if truth_folder is not None else "")
+            raise RevisionReportError(
+                f"The labels were revised ({target_root / LABELS_DIR}, manifest {target_root / MANIFEST_NAME}), but "
+                f"the report failed ({type(e).__name__}: {e}). Write it again with: {again}") from e
         log(f"Report: {target_root / REPORT_DIR}" + (
             f" (mean Dice imperfect {summary['mean']['dice_imperfect']:.4f} -> revised "
             f"{summary['mean']['dice_revised']:.4f})" if summary.get("mean", {}).get("dice_revised") is not None
