@@ -625,10 +625,28 @@ def test_consistent_cases_keeps_only_a_group_that_stands_apart():
     kept, info = consistent_cases(scores)
     assert kept == {f"a{i}" for i in range(12)}
     assert info["applied"] and info["num_kept"] == 12 and info["ratio"] > 3
+    assert len(info["splits"]) == 2 and "no second group" in info["splits"][1]["reason"]  # the untouched don't split
     # every label corrupted alike: one broad group, nothing kept
     alike = {f"c{i}": float(v) for i, v in enumerate(rng.normal(0.3, 0.05, 40).clip(0.05))}
     kept, info = consistent_cases(alike)
     assert kept == set() and not info["applied"] and "not apart" in info["reason"]
+    # three kinds of labels (as measured on the 3-class alpha/beta map with a network trained on moved labels):
+    # untouched ~0.03, dilated ~0.23, moved or eroded 0.3-0.56; one split would keep the dilated ones too
+    three = {f"u{i}": float(v) for i, v in enumerate(rng.uniform(0.006, 0.077, 40))}
+    three.update({f"d{i}": float(v) for i, v in enumerate(rng.uniform(0.206, 0.254, 34))})
+    three.update({f"m{i}": float(v) for i, v in enumerate(rng.uniform(0.293, 0.564, 58))})
+    kept, info = consistent_cases(three)
+    assert kept == {f"u{i}" for i in range(40)} and info["num_kept"] == 40
+    first = info["splits"][0]
+    assert first["ratio"] >= 3 and first["threshold"] > 0.206  # the first split keeps untouched + dilated
+    assert len(info["splits"]) == 3 and info["ratio"] == info["splits"][1]["ratio"]
+    # untouched labels whose scores are skewed towards 0 split at a ratio above 3 by chance, but not into two groups:
+    # all of them are kept
+    skewed = {f"u{i}": float(v) for i, v in enumerate(rng.exponential(0.03, 40).clip(0.002, 0.12))}
+    skewed.update({f"m{i}": float(v) for i, v in enumerate(rng.uniform(0.3, 0.5, 40))})
+    kept, info = consistent_cases(skewed)
+    assert kept == {f"u{i}" for i in range(40)}
+    assert info["splits"][1]["ratio"] >= 3 and info["splits"][1]["separability"] < 0.9
     # too few cases to split, or all alike
     assert consistent_cases({k: scores[k] for k in list(scores)[:5]})[0] == set()
     assert consistent_cases({f"d{i}": 0.2 for i in range(10)})[1]["reason"] == "all cases changed alike"
