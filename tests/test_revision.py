@@ -874,6 +874,59 @@ def test_revision_realigns_misplaced_labels_and_predicts_them_again(tmp_path, ro
     assert report["toy_005"]["decision"] == "predicted" and report["toy_000"]["decision"] == "clean label"
 
 
+class ProbFollowingStep(FollowingStep):
+    """Fake member of an ensemble that writes nnU-Net's probabilities: it predicts the true label moved by ``follow``
+    times the offset of the label input (1: the network copies a misplaced label; 0: the clean-only model, blind to
+    the label), with probability ``confidence`` for the class it predicts."""
+
+    def __init__(self, truth_dir, follow: float, confidence: float):
+        super().__init__(truth_dir)
+        self.follow, self.confidence = follow, confidence
+
+    def __call__(self, aux, out):
+        from batchgenerators.utilities.file_and_folder_operations import save_pickle
+
+        self.calls.append(aux)
+        fe = aux.dataset_json["file_ending"]
+        rw = reader_writer(aux.dataset_json, aux.images_ts / f"{aux.predict_ids[0]}_0000{fe}")
+        for c in aux.predict_ids:
+            _, props = rw.read_images([str(aux.images_ts / f"{c}_0000{fe}")])
+            truth = _read(self.truth_dir / f"{c}{fe}")
+            pred = truth
+            if self.follow:
+                label = rw.read_seg(str(aux.images_ts / f"{c}_0001{fe}"))[0][0, 0] > 0
+                offset = np.array(ndimage.center_of_mass(label)) - np.array(ndimage.center_of_mass(truth > 0))
+                pred = np.roll(truth, tuple(np.rint(offset * self.follow).astype(int)), axis=(0, 1))
+            fg = np.where(pred > 0, self.confidence, 1 - self.confidence).astype(np.float32)
+            np.savez_compressed(out / f"{c}.npz", probabilities=np.stack([1 - fg, fg])[:, None])
+            save_pickle(props, str(out / f"{c}.pkl"))
+            rw.write_seg(pred[None].astype(np.uint8), str(out / f"{c}{fe}"), props)
+        return {"fake": True, "method": aux.method}
+
+
+def test_ensemble_realigns_onto_the_average_of_both_models(tmp_path):
+    """A network that copies a misplaced label never moves it against its own prediction; the ensemble's average,
+    drawn to the truth by the clean-only member, does: the label moves, the network reads it in place, and the
+    ensemble's revision is the truth."""
+    ds, truth = make_dataset(tmp_path / "raw", n_cases=8, n_clean=2)
+    misplaced = ["toy_002", "toy_003", "toy_004"]
+    for c in misplaced:
+        _write_png(np.roll(_read(truth / f"{c}.png"), 6, axis=1), ds / "labelsTr" / f"{c}.png")
+    steps = {"nin": ProbFollowingStep(truth, follow=1.0, confidence=0.6),
+             "clean_only": ProbFollowingStep(truth, follow=0.0, confidence=0.95)}
+    manifest = rv.revise_dataset(ds, method="ensemble", model_step=steps, aux_folder=str(tmp_path / "aux"),
+                                 realign=True, realign_rounds=2, keep_consistent=False, progress=False,
+                                 log=lambda s: None, report=False)
+    assert manifest["realignment"]["num_cases"] == 3
+    assert [sorted(a.predict_ids) for a in steps["nin"].calls[1:]] == [misplaced, misplaced]
+    assert len(steps["clean_only"].calls) == 1  # blind to the label: predicted once
+    for c in misplaced:
+        assert manifest["cases"][c]["realigned"]["rounds"] == 2
+        np.testing.assert_array_equal(_read(ds / "labelsTr" / f"{c}.png"), _read(truth / f"{c}.png"))
+    for member in ("nin", "clean_only"):  # the probabilities kept for the rounds are gone in the end
+        assert not list((tmp_path / "aux" / member / "predictionsTs").glob("*.npz"))
+
+
 def test_realign_needs_the_network(toy2d):
     ds, truth = toy2d
     before = sorted(p.name for p in ds.iterdir())

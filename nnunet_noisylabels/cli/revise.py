@@ -67,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "4-8x faster on CPU, slightly less accurate).")
     p.add_argument("--realign", action="store_true",
                    help="For labels that can be misplaced as a whole (drawn shifted or rotated): move each class of "
-                        "an imperfect label rigidly onto the network's first prediction when that raises their Dice "
-                        "by --realign_min_gain, and predict those cases again from the realigned label. Labels that "
-                        "are only too large, too small or noisy at the boundary are not moved. Method nin or "
-                        "ensemble.")
+                        "an imperfect label rigidly onto the revision's first prediction (ensemble: the two models' "
+                        "average) when that raises their Dice by --realign_min_gain, and let the network predict "
+                        "those cases again from the realigned label. Labels that are only too large, too small or "
+                        "noisy at the boundary are not moved. Method nin or ensemble.")
     p.add_argument("--realign_min_gain", type=float, default=0.05,
                    help="Dice a rigid move must gain (against the first prediction) for a class to be moved. "
                         "Default: 0.05.")

@@ -715,7 +715,8 @@ def second_pass_step(step: ModelStep, first_pass_info: dict) -> ModelStep:
 
 
 def _realign_and_repredict(inputs: RevisionInputs, aux: AuxDataset, step: ModelStep, first_pass_info: dict,
-                           min_gain: float, rounds: int, progress: bool, log: Callable[[str], None]
+                           min_gain: float, rounds: int, progress: bool, log: Callable[[str], None],
+                           reference: Path | None = None, refresh: Callable[[list[str]], object] | None = None
                            ) -> dict[str, dict]:
     """Realign misplaced labels onto the latest predictions and predict those cases again, ``rounds`` times; the
     new predictions (with their ``.npz``/``.pkl`` when present) replace the earlier ones in ``predictionsTs``.
@@ -723,13 +724,18 @@ def _realign_and_repredict(inputs: RevisionInputs, aux: AuxDataset, step: ModelS
     The network follows a misplaced label part of the way, so its prediction lies between the label and the
     structure; each round moves the (original) label onto the latest prediction, closer to the structure, and the
     next prediction closer still. A round considers only the cases moved in the round before.
+
+    ``reference``: the folder of the predictions the labels move onto (default: the network's ``predictionsTs``);
+    ``refresh(case_ids)`` brings it up to date after the network predicted those cases again (the ensemble: the
+    members' average, which the clean-only member, blind to the label, draws towards the image).
     """
     predictions = aux.folder / "predictionsTs"
+    reference = predictions if reference is None else reference
     moved: dict[str, dict] = {}
     candidates = None
     fe = inputs.file_ending
     for r in range(1, rounds + 1):
-        sub, now = realign_imperfect_inputs(inputs, aux, predictions, min_gain, progress, candidates)
+        sub, now = realign_imperfect_inputs(inputs, aux, reference, min_gain, progress, candidates)
         considered = len(inputs.revise_ids if candidates is None else candidates)
         log(f"Realignment, round {r}/{rounds}: {len(now)} of {considered} case(s) have a misplaced label"
             + (", predicting them again from the realigned label" if now else ""))
@@ -747,6 +753,8 @@ def _realign_and_repredict(inputs: RevisionInputs, aux: AuxDataset, step: ModelS
                 if (out / f).is_file():
                     shutil.copy2(out / f, predictions / f)
             moved[c] = {"rounds": r, "classes": now[c]}
+        if refresh is not None:
+            refresh(sub.predict_ids)
         candidates = sub.predict_ids
     return moved
 
@@ -784,14 +792,16 @@ def noise_statistics(nmap: np.ndarray) -> dict[str, float]:
 
 
 def average_member_predictions(inputs: RevisionInputs, member_folders: list[Path], output_folder: Path,
-                               progress: bool = False) -> dict[str, float | None]:
+                               progress: bool = False, case_ids: Iterable[str] | None = None,
+                               keep_probabilities: bool = False) -> dict[str, float | None]:
     """The ensemble revision: per case to revise, the mean of the members' softmax probabilities, argmax, written to
     ``output_folder`` in the label geometry (nnU-Net's ``ensembling.merge_files``, as ``nnUNetv2_ensemble``).
 
     Every member folder must hold ``<case>.npz`` (nnU-Net's ``probabilities``, in the original geometry) and
     ``<case>.pkl`` (the image properties) for every case, as ``nnUNetPredictor`` writes with
     ``save_probabilities``, plus its own label file. Each member's ``.npz`` is deleted once merged (large for 3D
-    data); its label file stays.
+    data; ``keep_probabilities``: kept, for another merge); its label file stays. ``case_ids``: only these cases
+    (default: every case to revise).
 
     Returns:
         per foreground class name, the mean over cases of the Dice between the first two members' own labels
@@ -807,7 +817,8 @@ def average_member_predictions(inputs: RevisionInputs, member_folders: list[Path
     output_folder.mkdir(parents=True, exist_ok=True)
     classes = {name: int(k) for name, k in inputs.dataset_json["labels"].items() if int(k) != 0}
     agreement: dict[str, list[float]] = {name: [] for name in classes}
-    for case_id in _progress(inputs.revise_ids, "Averaging the revision models", progress):
+    case_ids = list(inputs.revise_ids if case_ids is None else case_ids)
+    for case_id in _progress(case_ids, "Averaging the revision models", progress):
         files = [Path(f) / f"{case_id}.npz" for f in member_folders]
         missing = [str(f) for f in files if not f.is_file() or not f.with_suffix(".pkl").is_file()]
         if missing:
@@ -818,9 +829,10 @@ def average_member_predictions(inputs: RevisionInputs, member_folders: list[Path
         for name, k in classes.items():
             if (a == k).any() or (b == k).any():
                 agreement[name].append(dice(a == k, b == k))
-    for case_id in inputs.revise_ids:
-        for f in member_folders:
-            (Path(f) / f"{case_id}.npz").unlink(missing_ok=True)
+    if not keep_probabilities:
+        for case_id in case_ids:
+            for f in member_folders:
+                (Path(f) / f"{case_id}.npz").unlink(missing_ok=True)
     return {name: (float(np.mean(v)) if v else None) for name, v in agreement.items()}
 
 
@@ -1007,8 +1019,9 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         consistency_ratio: the gate's ``min_ratio``.
         use_mirroring: test-time mirroring of the revision model's predictions (nnU-Net's default: on).
         realign: misplaced labels (method 'nin', and the network of 'ensemble'): move each class of the imperfect
-            label rigidly onto the network's first prediction where that raises their Dice by ``realign_min_gain``,
-            and predict those cases again from the realigned label (see :mod:`.realign`).
+            label rigidly onto the revision's first prediction (the network's; for 'ensemble' the members' average)
+            where that raises their Dice by ``realign_min_gain``, and let the network predict those cases again from
+            the realigned label (see :mod:`.realign`).
         realign_min_gain: see ``realign``.
         realign_rounds: realign-and-predict rounds (each one moves the label onto the latest prediction; a round
             costs one prediction of the realigned cases).
@@ -1087,14 +1100,21 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             log(f"Auxiliary dataset: {auxes[m].folder}")
             (auxes[m].folder / "predictionsTs").mkdir()
             infos[m] = model_step[m](auxes[m], auxes[m].folder / "predictionsTs") or {}
-            if realign and m == "nin":
+            if realign and m == "nin" and not ensemble:
                 realigned = _realign_and_repredict(inputs, auxes[m], model_step[m], infos[m], realign_min_gain,
                                                    realign_rounds, progress, log)
         aux = auxes[members[0]]
         if ensemble:
             pred_dir = aux.folder / "predictionsTs_ensemble"
-            agreement = average_member_predictions(inputs, [auxes[m].folder / "predictionsTs" for m in members],
-                                                   pred_dir, progress)
+            folders = [auxes[m].folder / "predictionsTs" for m in members]
+            if realign:
+                # the labels move onto the ensemble's own prediction; the moved cases are averaged again each round
+                average_member_predictions(inputs, folders, pred_dir, progress, keep_probabilities=True)
+                realigned = _realign_and_repredict(
+                    inputs, auxes["nin"], model_step["nin"], infos["nin"], realign_min_gain, realign_rounds, progress,
+                    log, reference=pred_dir, refresh=lambda ids: average_member_predictions(
+                        inputs, folders, pred_dir, case_ids=ids, keep_probabilities=True))
+            agreement = average_member_predictions(inputs, folders, pred_dir, progress)
             model_info = {"members": infos, "fusion": "mean of the members' softmax probabilities, argmax",
                           "member_agreement_dice": agreement}
             low = {k: round(v, 3) for k, v in agreement.items() if v is not None and v < ENSEMBLE_AGREEMENT_WARN}
