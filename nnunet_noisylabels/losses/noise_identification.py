@@ -164,11 +164,8 @@ def misregister_label_channels(label_channels: torch.Tensor, probability: float,
     x = out[chosen].float().flatten(0, 1)[:, None]
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     moved = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False).view(n, k, *x.shape[2:])
-    if bool(per_class.any()):
-        sub = moved[per_class]
-        winner = sub.argmax(1, keepdim=True)
-        moved[per_class] = torch.where(torch.arange(k, device=sub.device).view(1, k, *[1] * spatial) == winner, sub,
-                                       torch.zeros_like(sub))
+    if bool(per_class.any()):  # overlapping moved classes: decode and encode again, as the loss reads the input
+        moved[per_class] = one_hot(imperfect_label_from_channels(moved[per_class]), k + 1)[:, 1:]
     out[chosen] = moved.to(out.dtype)
     return out
     n = int(chosen.sum())
