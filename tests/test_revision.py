@@ -640,6 +640,19 @@ def test_consistent_cases_keeps_only_a_group_that_stands_apart():
     first = info["splits"][0]
     assert first["ratio"] >= 3 and first["threshold"] > 0.206  # the first split keeps untouched + dilated
     assert len(info["splits"]) == 3 and info["ratio"] == info["splits"][1]["ratio"]
+    # the same three kinds, but the first split falls above the dilated ones and is not apart (measured with a
+    # network trained on dilated/eroded label inputs: untouched 0.03-0.12, dilated 0.22-0.28, moved 0.30-0.40,
+    # eroded 0.48-0.52; ratio 2.96): its low side holds the untouched labels as a group of their own
+    r = np.random.default_rng(0)  # a draw whose first split lies above the dilated ones (others split below them)
+    middle = {f"u{i}": float(v) for i, v in enumerate(r.uniform(0.03, 0.08, 40))}
+    middle.update({f"d{i}": float(v) for i, v in enumerate(r.uniform(0.22, 0.28, 34))})
+    middle.update({f"m{i}": float(v) for i, v in enumerate(r.uniform(0.30, 0.40, 30))})
+    middle.update({f"e{i}": float(v) for i, v in enumerate(r.uniform(0.48, 0.52, 28))})
+    kept, info = consistent_cases(middle)
+    assert kept == {f"u{i}" for i in range(40)} and info["applied"]
+    first, second = info["splits"][:2]
+    assert first["ratio"] < 3 and "not apart" in first["reason"] and first["threshold"] > 0.27
+    assert second["num_cases"] == 74 and second["separability"] >= 0.9 and info["ratio"] == second["ratio"]
     # untouched labels whose scores are skewed towards 0 split at a ratio above 3 by chance, but not into two groups:
     # all of them are kept
     skewed = {f"u{i}": float(v) for i, v in enumerate(rng.exponential(0.03, 40).clip(0.002, 0.12))}
