@@ -39,6 +39,7 @@ setup(
         "scipy",
         "scikit-image",
         "SimpleITK",
+        "nibabel",
         "batchgenerators",
         "batchgeneratorsv2",
         "acvl-utils",

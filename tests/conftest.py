@@ -106,3 +106,27 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tree_state(*roots: Path) -> dict[str, str]:
+    """Every entry under ``roots`` (relative path -> sha256 of a file, 'dir' or 'link:TARGET', plus its mode), for
+    checking that a command created, changed or deleted nothing: compare the state before and after."""
+    import hashlib
+
+    state: dict[str, str] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists() and not root.is_symlink():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                key = str(p.relative_to(root.parent))
+                mode = oct(p.lstat().st_mode)
+                if p.is_symlink():
+                    state[key] = f"link:{os.readlink(p)} {mode}"
+                elif p.is_dir():
+                    state[key] = f"dir {mode}"
+                else:
+                    state[key] = f"{hashlib.sha256(p.read_bytes()).hexdigest()} {mode}"
+    return state

@@ -178,8 +178,29 @@ def load_json(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than the two calls)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_as_created(path: str | os.PathLike, directory: bool = False) -> None:
+    # mkstemp/mkdtemp create 0600/0700 whatever the umask; a file we write should get the mode open()/mkdir() give
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new hidden-by-prefix temporary folder in ``parent`` with the mode ``mkdir`` would give (umask respected),
+    to be filled and then renamed into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    _chmod_as_created(tmp, directory=True)
+    return tmp
+
+
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then move it into place."""
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then move it into place (the file gets
+    the mode ``open()`` would give it, umask respected)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -187,6 +208,7 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        _chmod_as_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -212,6 +234,7 @@ def write_label_atomic(seg: np.ndarray, path: str | os.PathLike, props: dict, da
     try:
         reader_writer(dataset_json).write_seg(np.asarray(seg).astype(np.uint8 if seg.max() < 256 else np.uint16),
                                                      tmp, props)
+        _chmod_as_created(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -237,3 +260,140 @@ def check_same_geometry(props_a: dict, props_b: dict, what: str, shape_a: tuple 
     if sa is not None and sb is not None and not np.allclose(np.asarray(sa, float), np.asarray(sb, float), atol=atol):
         raise RawDatasetError(f"{what}: spacings differ ({tuple(sa)} vs {tuple(sb)}). Resample one of them so that "
                               f"they match.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks of a whole case (image channels + label) before anything is written
+# ---------------------------------------------------------------------------------------------------------------
+NIFTI_ENDINGS = (".nii", ".nii.gz")
+_DUMMY_2D_SPACING = 999  # nnU-Net's readers give 2D data the shape (1, 1, X, Y) and this spacing on the first axis
+
+
+def _nifti_expected_size(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file must hold (voxel offset + data), from its header; None if it is no NIfTI header."""
+    import struct
+
+    for endian in "<>":
+        if len(header) >= 4 and struct.unpack(f"{endian}i", header[:4])[0] == 348 and len(header) >= 348:
+            dims = struct.unpack(f"{endian}8h", header[40:56])
+            bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
+            offset = max(int(struct.unpack(f"{endian}f", header[108:112])[0]), 352)
+            break
+        if len(header) >= 4 and struct.unpack(f"{endian}i", header[:4])[0] == 540 and len(header) >= 540:
+            dims = struct.unpack(f"{endian}8q", header[16:80])
+            bitpix = struct.unpack(f"{endian}h", header[14:16])[0]
+            offset = max(int(struct.unpack(f"{endian}q", header[168:176])[0]), 544)
+            break
+    else:
+        return None
+    n = 1
+    for d in dims[1:1 + max(0, min(int(dims[0]), 7))]:
+        n *= max(int(d), 1)
+    return offset + n * max(int(bitpix), 8) // 8
+
+
+def check_file_complete(path: str | os.PathLike) -> None:
+    """Raise if a NIfTI file (``.nii``/``.nii.gz``) is cut short.
+
+    SimpleITK reads a truncated gzip stream or a file shorter than its header announces without an error and fills
+    the missing voxels with zeros; this check reads the whole file once. Other formats are left to their readers
+    (which raise on truncated files).
+    """
+    import zlib
+
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith(NIFTI_ENDINGS):
+        return
+    head, total = b"", 0
+    with open(path, "rb") as f:
+        if name.endswith(".gz"):
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                data = d.decompress(chunk)
+                while d.eof and d.unused_data:  # concatenated gzip members
+                    rest = d.unused_data
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    data += d.decompress(rest)
+                if len(head) < 544:
+                    head += data[:544 - len(head)]
+                total += len(data)
+            if not d.eof:
+                raise RawDatasetError(f"{path} is truncated (its gzip stream ends early): the file was cut short, "
+                                      f"e.g. by an interrupted copy. Copy or export it again.")
+        else:
+            head = f.read(544)
+            total = path.stat().st_size
+    expected = _nifti_expected_size(head)
+    if expected is not None and total < expected:
+        raise RawDatasetError(f"{path} is truncated: it holds {total} bytes of image data where its header "
+                              f"announces {expected}. Copy or export it again.")
+
+
+def count_nonfinite(paths: Sequence[str | os.PathLike], data: np.ndarray) -> int:
+    """NaN/inf voxels of a case's image channels: in ``data`` as nnU-Net's reader returns it, and, for NIfTI files
+    with a floating-point data type, in the file itself (SimpleITK's NIfTI reader turns NaN into 0 silently, so a
+    NaN image would train and be revised as if it were black there)."""
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data))) if np.issubdtype(data.dtype, np.floating) else 0
+    for p in paths:
+        if str(p).lower().endswith(NIFTI_ENDINGS):
+            import nibabel
+
+            img = nibabel.load(str(p))
+            if np.issubdtype(img.get_data_dtype(), np.floating):
+                raw = np.asanyarray(img.dataobj)
+                bad = max(bad, int(raw.size - np.count_nonzero(np.isfinite(raw))))
+    return bad
+
+
+def case_dimensionality(props: dict) -> int:
+    """2 or 3: whether nnU-Net's reader gave a case the dummy spacing of 2D data (see :func:`spatial_view`)."""
+    spacing = props.get("spacing") or ()
+    return 2 if len(spacing) == 3 and float(spacing[0]) == _DUMMY_2D_SPACING else 3
+
+
+def check_case(case_id: str, image_paths: Sequence[str | os.PathLike], label_path: str | os.PathLike,
+               dataset_json: dict, expected_dimensionality: int | None = None, geometry_atol: float = 1e-3
+               ) -> tuple[np.ndarray, dict]:
+    """Read a training case with nnU-Net's readers and check it; nothing is written.
+
+    Checks: every file readable and complete (truncated NIfTI files included), image intensities finite (a NaN
+    makes nnU-Net's normalization and every prediction of the case NaN, i.e. background), image channels and label
+    of the same shape and spacing, label values declared in dataset.json, and the case as 2D or 3D as the others
+    (``expected_dimensionality``).
+
+    Returns:
+        (label as nnU-Net reads it, (1, X, Y, Z); its reader properties).
+
+    Raises:
+        RawDatasetError: with a message naming the case and the file, and saying how to fix it.
+    """
+    label_path = Path(label_path)
+    paths = [Path(p) for p in image_paths]
+    for p in paths + [label_path]:
+        if not p.is_file():
+            raise RawDatasetError(f"Case {case_id}: missing file {p}.")
+        check_file_complete(p)
+    seg, props = read_label(label_path, dataset_json)
+    seg = seg[None]
+    check_label_values(seg, dataset_json, label_path)
+    data, img_props = read_images(paths, dataset_json)
+    bad = count_nonfinite(paths, data)
+    if bad:
+        raise RawDatasetError(f"Case {case_id}: {bad} voxel(s) of its image ({paths[0].name}"
+                              f"{' ...' if len(paths) > 1 else ''}) are NaN or infinite. Readers turn them into 0 or "
+                              f"nnU-Net's normalization turns the whole case into NaN; replace them (e.g. by the "
+                              f"background intensity) or leave the case out.")
+    check_same_geometry(img_props, props, f"Case {case_id} ({label_path.name} vs {paths[0].name})",
+                        tuple(data.shape[1:]), tuple(seg.shape[1:]), atol=geometry_atol)
+    dim = case_dimensionality(props)
+    if case_dimensionality(img_props) != dim:
+        raise RawDatasetError(f"Case {case_id}: the label is {dim}D but the image is "
+                              f"{case_dimensionality(img_props)}D.")
+    if expected_dimensionality is not None and dim != expected_dimensionality:
+        raise RawDatasetError(f"Case {case_id} ({label_path.name}) is {dim}D, the other cases are "
+                              f"{expected_dimensionality}D. A dataset is either 2D or 3D; convert or remove it.")
+    return seg, props
