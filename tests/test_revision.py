@@ -219,10 +219,37 @@ def test_aux_dataset_name_choice(toy2d, tmp_path):
     (tmp_path / "raw" / "Dataset500_Other").mkdir()
     assert rv.choose_aux_dataset_name(ds, "nin") == "Dataset501_ToyNIN"
     (tmp_path / "raw" / "Dataset501_ToyNIN").mkdir()
+    (tmp_path / "raw" / "Dataset501_ToyNIN" / "dataset.json").write_text(json.dumps(
+        {"nl_source_dataset": ds.name}))
     assert rv.choose_aux_dataset_name(ds, "nin") == "Dataset501_ToyNIN"  # re-runs reuse it
     assert rv.choose_aux_dataset_name(ds, "clean_only") == "Dataset502_ToyNLclean"
     with pytest.raises(ValueError, match="already taken"):
         rv.choose_aux_dataset_name(ds, "nin", aux_id=500)
+
+
+def test_aux_dataset_belongs_to_its_source(toy2d, tmp_path):
+    """Two sources with the same name part (Dataset101_Toy, Dataset102_Toy) never share an auxiliary dataset: the
+    second gets its own id, an explicit --aux_id of the other's is refused, and its folder is never deleted."""
+    ds, truth = toy2d
+    rv.revise_dataset(ds, model_step=TruthStep(truth), progress=False, log=lambda s: None, report=False)
+    first = tmp_path / "raw" / "Dataset500_ToyNIN"
+    assert json.loads((first / "dataset.json").read_text())["nl_source_dataset"] == ds.name
+    before = tree_digest(first)
+    twin, twin_truth = make_dataset(tmp_path / "raw", name="Dataset102_Toy")
+    assert rv.choose_aux_dataset_name(twin, "nin") == "Dataset501_ToyNIN"
+    with pytest.raises(ValueError, match="built from Dataset101_Toy"):
+        rv.choose_aux_dataset_name(twin, "nin", aux_id=500)
+    with pytest.raises(ValueError, match="built from Dataset101_Toy"):
+        rv.check_aux_folder_replaceable(first, twin.name)
+    rv.revise_dataset(twin, model_step=TruthStep(twin_truth), progress=False, log=lambda s: None, report=False)
+    assert tree_digest(first) == before
+    assert json.loads((tmp_path / "raw" / "Dataset501_ToyNIN" / "dataset.json").read_text())[
+        "nl_source_dataset"] == twin.name
+    assert rv.choose_aux_dataset_name(ds, "nin") == "Dataset500_ToyNIN"  # each source finds its own again
+    # a folder of that name that does not say where it came from is neither reused nor replaced
+    (tmp_path / "raw" / "Dataset600_ToyNIN").mkdir()
+    with pytest.raises(ValueError, match="does not say"):
+        rv.choose_aux_dataset_name(ds, "nin", aux_id=600)
 
 
 def test_revise_in_place_preserves_originals_and_writes_revision(toy2d):
@@ -780,6 +807,15 @@ def test_ensemble_without_probabilities_fails_and_leaves_labels(toy2d):
                           log=lambda s: None)
 
 
+def _fake_model_folder(folder: Path, inputs: rv.RevisionInputs, method: str) -> Path:
+    """The files a reusable model folder must have (contents faked: the model step is faked too)."""
+    (folder / "fold_all").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(rv.aux_dataset_json(inputs, method, folder.name)))
+    (folder / "plans.json").write_text("{}")
+    (folder / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+    return folder
+
+
 def test_cli_ensemble_passes_each_members_trainer_and_model(toy2d, monkeypatch):
     ds, truth = toy2d
     seen = []
@@ -789,12 +825,15 @@ def test_cli_ensemble_passes_each_members_trainer_and_model(toy2d, monkeypatch):
         return ProbStep(truth, _top_half if len(seen) == 1 else (lambda t: ~_top_half(t)))
 
     monkeypatch.setattr(rv, "NnUNetModelStep", fake_step)
-    argv = ["-d", ds.name, "--method", "ensemble", "-tr", "NoiseIdentificationTrainer_5epochs", "--model", "/m/nin",
-            "--clean_only_tr", "nnUNetTrainer_5epochs", "--clean_only_model", "/m/co", "-device", "cpu",
-            "--no_pbar", "--no_report"]
+    models = {m: str(_fake_model_folder(ds.parent.parent / "m" / m, rv.validate_inputs(ds), m))
+              for m in ("nin", "clean_only")}
+    argv = ["-d", ds.name, "--method", "ensemble", "-tr", "NoiseIdentificationTrainer_5epochs", "--model",
+            models["nin"], "--clean_only_tr", "nnUNetTrainer_5epochs", "--clean_only_model", models["clean_only"],
+            "-device", "cpu", "--no_pbar", "--no_report"]
     assert main(argv) == 0
     got = {(k["trainer"], k["model_folder"], k["save_probabilities"]) for k in seen}
-    assert got == {("NoiseIdentificationTrainer_5epochs", "/m/nin", True), ("nnUNetTrainer_5epochs", "/m/co", True)}
+    assert got == {("NoiseIdentificationTrainer_5epochs", models["nin"], True),
+                   ("nnUNetTrainer_5epochs", models["clean_only"], True)}
     assert json.loads((ds / "labelsTr_revision.json").read_text())["method"] == "ensemble"
 
 

@@ -18,6 +18,7 @@ from nnunet_noisylabels.evaluation.metrics import dice, hd95
 from nnunet_noisylabels.preprocessing.revision import (
     MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR, _progress, noise_map, noise_statistics)
 from nnunet_noisylabels.utilities.raw_dataset import load_json, reader_writer, spatial_view, write_json_atomic
+from nnunet_noisylabels.utilities.safe_fs import refuse_symlinks
 
 
 def _finite_mean(values) -> float | None:
@@ -155,6 +156,8 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     noise_dir = root / nm if nm and (root / nm).is_dir() else None
     truth_dir = Path(truth_folder) if truth_folder is not None else None
     out = Path(output_folder) if output_folder is not None else root / REPORT_DIR
+    refuse_symlinks([out, out / "overlays"], "Remove the link (or pass another output folder); the report is "
+                                             "written only into a real folder.")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     cases = sorted(manifest["cases"])
     rw = reader_writer(djson, labels_dir / f"{cases[0]}{fe}")

@@ -47,7 +47,7 @@ from nnunet_noisylabels.preprocessing.aux_dataset import (
 )
 from nnunet_noisylabels.evaluation.metrics import dice
 from nnunet_noisylabels.preprocessing.consistency import consistent_cases, relative_change
-from nnunet_noisylabels.utilities import raw_dataset
+from nnunet_noisylabels.utilities import raw_dataset, safe_fs
 from nnunet_noisylabels.utilities.raw_dataset import RawDatasetError
 
 LABELS_DIR = "labelsTr"
@@ -59,6 +59,7 @@ REPORT_DIR = "labelsTr_revision_report"
 METHODS = ("nin", "clean_only", "ensemble")
 MEMBERS = {"nin": ("nin",), "clean_only": ("clean_only",), "ensemble": ("nin", "clean_only")}
 DEFAULT_TRAINERS = {"nin": "NoiseIdentificationTrainer", "clean_only": "nnUNetTrainer"}
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 AUX_SUFFIX = {"nin": "NIN", "clean_only": "NLclean"}
 AUX_ID_RANGE = range(500, 1000)
 # --method ensemble warns when its members' labels agree less than this (mean Dice per class). On JSRT at 64 px they
@@ -216,20 +217,25 @@ def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> Re
     if not revise_ids:
         raise RevisionError("Every training case has a clean label: there is nothing to revise.")
 
-    rw = raw_dataset.reader_writer(dataset_json, next(iter(imperfect.values())))
+    if originals.name == ORIGINALS_DIR:
+        added = sorted(set(raw_dataset.label_files(raw / LABELS_DIR, file_ending)) - set(imperfect))
+        if added:
+            raise RevisionError(f"{len(added)} label file(s) in {raw / LABELS_DIR} have no original in "
+                                f"{originals} (cases added after the last revision?): {added[:10]}. A re-run "
+                                f"revises the labels kept in {ORIGINALS_DIR}/; copy the imperfect labels of the new "
+                                f"cases there too (same file names), then run again.")
     dimensionality = None
-    for case_id in _progress(sorted(imperfect), "Checking labels", progress):
-        seg, props = rw.read_seg(str(imperfect[case_id]))
-        raw_dataset.check_label_values(seg, dataset_json, imperfect[case_id])
-        if dimensionality is None:
-            # nnU-Net reads 2D labels as (1, 1, X, Y)
-            dimensionality = 2 if seg.shape[1] == 1 else 3
+    for case_id in _progress(sorted(imperfect), "Checking images and labels", progress):
+        seg, props = raw_dataset.check_case(case_id, raw_dataset.image_files(raw, case_id, dataset_json),
+                                            imperfect[case_id], dataset_json, dimensionality)
+        dimensionality = dimensionality or raw_dataset.case_dimensionality(props)
         if case_id in clean:
-            cseg, cprops = rw.read_seg(str(clean[case_id]))
+            raw_dataset.check_file_complete(clean[case_id])
+            cseg, cprops = raw_dataset.read_label(clean[case_id], dataset_json)
             raw_dataset.check_label_values(cseg, dataset_json, clean[case_id])
-            if cseg.shape != seg.shape:
+            if cseg.shape != seg.shape[1:]:
                 raise RevisionError(f"Clean and imperfect labels of case '{case_id}' differ in shape: "
-                                    f"{cseg.shape[1:]} ({clean[case_id]}) vs {seg.shape[1:]} ({imperfect[case_id]}).")
+                                    f"{cseg.shape} ({clean[case_id]}) vs {seg.shape[1:]} ({imperfect[case_id]}).")
             if not _same_geometry(cprops, props):
                 raise RevisionError(f"Clean and imperfect labels of case '{case_id}' differ in geometry: "
                                     f"{_geometry(cprops)} vs {_geometry(props)}.")
@@ -243,45 +249,50 @@ def validate_inputs(raw_folder: str | os.PathLike, progress: bool = False) -> Re
 # 2. preservation of the originals and atomic folder swaps
 # ----------------------------------------------------------------------------------------------------------------
 def recover_interrupted_swap(raw_folder: str | os.PathLike) -> list[str]:
-    """Undo the traces of an interrupted run: restore ``labelsTr`` from a pending ``labelsTr.old-*`` swap and
-    remove temporary ``*.tmp-*`` folders. Returns what was done (for the log)."""
+    """Undo the traces of an interrupted run: restore a folder from a pending ``<folder>.old-*`` swap, remove
+    temporary ``*.tmp-*`` folders, and finish or drop a manifest that was written for labels about to be swapped in
+    (see :func:`finish_pending_manifest`). Returns what was done (for the log)."""
     raw = Path(raw_folder)
     done = []
     for name in (LABELS_DIR, NOISE_MAPS_DIR, ORIGINALS_DIR):
-        olds = sorted(raw.glob(f"{name}.old-*"))
-        if not (raw / name).exists() and olds:
-            os.rename(olds[-1], raw / name)
-            done.append(f"restored {name}/ from {olds[-1].name}")
-            olds = olds[:-1]
-        for p in olds:
-            shutil.rmtree(p)
-            done.append(f"removed {p.name}")
-        for p in raw.glob(f"{name}.tmp-*"):
-            shutil.rmtree(p)
-            done.append(f"removed {p.name}")
+        done += safe_fs.restore_interrupted_swap(raw, name)
+    done += finish_pending_manifest(raw)
     return done
 
 
-def swap_in_folder(tmp_folder: Path, target: Path) -> None:
-    """Replace ``target`` by ``tmp_folder`` with two renames on the same file system.
+def _pending_manifest(root: Path) -> Path:
+    return Path(root) / f".{MANIFEST_NAME}.pending"
 
-    Between the two renames the old folder sits at ``target.old-XXXX``; :func:`recover_interrupted_swap` puts it back
-    if the process dies right there.
-    """
-    tmp_folder, target = Path(tmp_folder), Path(target)
-    old = None
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-    os.rename(tmp_folder, target)
-    if old is not None:
-        shutil.rmtree(old)
+
+def finish_pending_manifest(root: str | os.PathLike) -> list[str]:
+    """A run writes its manifest beside the labels as ``.labelsTr_revision.json.pending`` before it swaps the new
+    ``labelsTr/`` in, and renames it into place after. If it died in between, the manifest either describes the
+    labels now in ``labelsTr/`` (every case file has the hash the manifest recorded: the swap happened; the manifest
+    is put in place) or it does not (the swap did not happen; it is removed)."""
+    root = Path(root)
+    pending = _pending_manifest(root)
+    if not pending.is_file() or pending.is_symlink():
+        return []
+    try:
+        manifest = raw_dataset.load_json(pending)
+        fe = raw_dataset.load_dataset_json(root)["file_ending"]
+        matches = all((root / LABELS_DIR / f"{c}{fe}").is_file()
+                      and _sha256(root / LABELS_DIR / f"{c}{fe}") == r.get("revised_sha256")
+                      for c, r in manifest["cases"].items())
+    except (ValueError, KeyError, OSError):
+        matches = False
+    if matches:
+        os.replace(pending, root / MANIFEST_NAME)
+        return [f"the revised labels of an interrupted run were in place: wrote its manifest {MANIFEST_NAME}"]
+    pending.unlink()
+    return [f"removed the manifest of an interrupted run ({pending.name}); its labels were never swapped in"]
+
+
+swap_in_folder = safe_fs.swap_in_folder
 
 
 def _tmp_folder(parent: Path, name: str) -> Path:
-    p = parent / f"{name}.tmp-{uuid.uuid4().hex[:8]}"
-    p.mkdir()
-    return p
+    return safe_fs.temp_sibling(parent, name)
 
 
 def preserve_originals(inputs: RevisionInputs) -> Path:
@@ -331,19 +342,54 @@ def source_dataset_name(raw_folder: Path) -> str:
     return m.group(1) if m else Path(raw_folder).name
 
 
+def aux_dataset_owners(dataset_name: str) -> set[str]:
+    """The source datasets that the folders of ``dataset_name`` in nnUNet_raw, nnUNet_preprocessed and
+    nnUNet_results say they were built from (``nl_source_dataset`` in their dataset.json; empty when none says)."""
+    owners: set[str] = set()
+    files = []
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        if os.environ.get(var):
+            files.append(Path(os.environ[var]) / dataset_name / "dataset.json")
+    if os.environ.get("nnUNet_results"):
+        files += sorted((Path(os.environ["nnUNet_results"]) / dataset_name).glob("*/dataset.json"))
+    for f in files:
+        try:
+            owner = raw_dataset.load_json(f).get("nl_source_dataset") if f.is_file() else None
+        except (ValueError, OSError):
+            owner = None
+        if owner:
+            owners.add(owner)
+    return owners
+
+
 def choose_aux_dataset_name(raw_folder: Path, method: str, aux_id: int | None = None) -> str:
-    """``DatasetXXX_<source name><NIN|NLclean>``: the given id, the id of an earlier auxiliary dataset of the same
-    name (so re-runs do not pile up datasets), or the first id in 500..999 that nnU-Net's folders do not use."""
+    """``DatasetXXX_<source name><NIN|NLclean>``: the given id, the id of an earlier auxiliary dataset built from
+    this very source dataset (so re-runs do not pile up datasets), or the first id in 500..999 that nnU-Net's
+    folders do not use.
+
+    An auxiliary dataset belongs to the source it was built from (``nl_source_dataset`` in its dataset.json): two
+    sources with the same name part (``Dataset270_Twin``, ``Dataset271_Twin``) get different ids, and an id whose
+    folders were built from another source, or say nothing of their source, is never reused.
+    """
     name = source_dataset_name(raw_folder) + AUX_SUFFIX[method]
+    source = Path(raw_folder).name
     used = _used_dataset_ids()
     if aux_id is not None:
         if not 1 <= int(aux_id) <= 999:
             raise RevisionError(f"--aux_id must be in 1..999, got {aux_id}.")
-        if int(aux_id) in used and used[int(aux_id)] != f"Dataset{int(aux_id):03d}_{name}":
+        full = f"Dataset{int(aux_id):03d}_{name}"
+        if int(aux_id) in used and used[int(aux_id)] != full:
             raise RevisionError(f"Dataset id {aux_id} is already taken by {used[int(aux_id)]}; choose another --aux_id.")
-        return f"Dataset{int(aux_id):03d}_{name}"
+        if int(aux_id) in used and aux_dataset_owners(full) != {source}:
+            owners = aux_dataset_owners(full)
+            raise RevisionError(f"Dataset id {aux_id} ({full}) was built from {', '.join(sorted(owners))}, not from "
+                                f"{source}; choose another --aux_id." if owners else
+                                f"Dataset id {aux_id} ({full}) exists and does not say which dataset it was built "
+                                f"from (no 'nl_source_dataset' in its dataset.json), so it is not replaced; choose "
+                                f"another --aux_id.")
+        return full
     for k, v in sorted(used.items()):
-        if v == f"Dataset{k:03d}_{name}":
+        if v == f"Dataset{k:03d}_{name}" and aux_dataset_owners(v) == {source}:
             return v
     for k in AUX_ID_RANGE:
         if k not in used:
@@ -383,31 +429,26 @@ def _write_case_inputs(inputs: RevisionInputs, rw, case_id: str, folder: Path, l
             rw.write_seg(mask, str(folder / f"{case_id}_{C + k - 1:04d}{fe}"), img_props)
 
 
-def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, method: str = "nin",
-                      progress: bool = False) -> AuxDataset:
-    """Write the auxiliary dataset the revision model trains and predicts on (replacing an older one there).
+def check_aux_folder_replaceable(aux: Path, source: str) -> None:
+    """Raise unless ``aux`` is absent or an auxiliary dataset built from ``source`` (the only folder a run may
+    delete to build it again)."""
+    aux = Path(aux)
+    safe_fs.refuse_symlinks([aux], "Pass --aux_id with a free dataset id.")
+    if not aux.exists():
+        return
+    try:
+        owner = raw_dataset.load_json(aux / "dataset.json").get("nl_source_dataset")
+    except (ValueError, OSError):
+        owner = None
+    if owner != source:
+        raise RevisionError(f"{aux} exists and is not an auxiliary dataset built from {source} ("
+                            + (f"it was built from {owner}" if owner else "its dataset.json does not say so")
+                            + "); it is left alone. Pass --aux_id with a free dataset id.")
 
-    Layout (see :mod:`nnunet_noisylabels.preprocessing.aux_dataset`): ``imagesTr``/``labelsTr`` = the clean pairs
-    (input: image channels, plus for ``method='nin'`` the imperfect label as K-1 binary ``noNorm`` channels; target:
-    the clean label), ``imagesTs`` = the cases to revise in the same channel layout.
-    """
-    if method not in AUX_SUFFIX:
-        raise RevisionError(f"Unknown auxiliary dataset method '{method}'; choose one of {tuple(AUX_SUFFIX)}.")
-    aux = Path(aux_folder)
-    if aux.exists():
-        shutil.rmtree(aux)
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (aux / sub).mkdir(parents=True)
-    fe, K = inputs.file_ending, inputs.num_classes
-    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
-    jobs = [(c, "imagesTr") for c in inputs.clean_ids] + [(c, "imagesTs") for c in inputs.revise_ids]
-    for case_id, sub in _progress(jobs, "Building auxiliary dataset", progress):
-        seg = rw.read_seg(str(inputs.imperfect_label(case_id)))[0][0] if method == "nin" else None
-        _write_case_inputs(inputs, rw, case_id, aux / sub, seg)
-        if sub == "imagesTr":
-            shutil.copy2(inputs.clean_label(case_id), aux / "labelsTr" / f"{case_id}{fe}")
 
-    src_json = inputs.dataset_json
+def aux_dataset_json(inputs: RevisionInputs, method: str, name: str) -> dict:
+    """The dataset.json of the auxiliary dataset ``name`` of ``method`` (see :func:`build_aux_dataset`)."""
+    src_json, K = inputs.dataset_json, inputs.num_classes
     channel_names = src_json.get("channel_names", src_json.get("modality"))
     djson = {
         "channel_names": label_channel_names(channel_names, K) if method == "nin"
@@ -415,8 +456,8 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
                                                else channel_names)},
         "labels": src_json["labels"],
         "numTraining": len(inputs.clean_ids),
-        "file_ending": fe,
-        "name": aux.name,
+        "file_ending": inputs.file_ending,
+        "name": name,
         "description": f"Auxiliary dataset of {inputs.raw_folder.name} for label revision (method '{method}'): "
                        f"trained on the clean pairs, predicts the imperfect-only cases in imagesTs.",
         "nl_source_dataset": inputs.raw_folder.name,
@@ -426,7 +467,38 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
         djson.update(aux_dataset_json_keys(inputs.num_image_channels, K))
     if "overwrite_image_reader_writer" in src_json:
         djson["overwrite_image_reader_writer"] = src_json["overwrite_image_reader_writer"]
+    return djson
+
+
+def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, method: str = "nin",
+                      progress: bool = False) -> AuxDataset:
+    """Write the auxiliary dataset the revision model trains and predicts on (replacing an older one of the same
+    source there; see :func:`check_aux_folder_replaceable`).
+
+    Layout (see :mod:`nnunet_noisylabels.preprocessing.aux_dataset`): ``imagesTr``/``labelsTr`` = the clean pairs
+    (input: image channels, plus for ``method='nin'`` the imperfect label as K-1 binary ``noNorm`` channels; target:
+    the clean label), ``imagesTs`` = the cases to revise in the same channel layout. Its dataset.json, which says
+    which source it belongs to, is written first, so that a half-built folder is still known as ours.
+    """
+    if method not in AUX_SUFFIX:
+        raise RevisionError(f"Unknown auxiliary dataset method '{method}'; choose one of {tuple(AUX_SUFFIX)}.")
+    aux = Path(aux_folder)
+    if aux.exists() or aux.is_symlink():
+        check_aux_folder_replaceable(aux, inputs.raw_folder.name)
+        shutil.rmtree(aux)
+    aux.mkdir(parents=True)
+    djson = aux_dataset_json(inputs, method, aux.name)
     raw_dataset.write_json_atomic(djson, aux / "dataset.json")
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (aux / sub).mkdir()
+    fe = inputs.file_ending
+    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    jobs = [(c, "imagesTr") for c in inputs.clean_ids] + [(c, "imagesTs") for c in inputs.revise_ids]
+    for case_id, sub in _progress(jobs, "Building auxiliary dataset", progress):
+        seg = rw.read_seg(str(inputs.imperfect_label(case_id)))[0][0] if method == "nin" else None
+        _write_case_inputs(inputs, rw, case_id, aux / sub, seg)
+        if sub == "imagesTr":
+            shutil.copy2(inputs.clean_label(case_id), aux / "labelsTr" / f"{case_id}{fe}")
     return AuxDataset(folder=aux, method=method, dataset_json=djson, train_ids=list(inputs.clean_ids),
                       predict_ids=list(inputs.revise_ids))
 
@@ -475,7 +547,7 @@ class NnUNetModelStep:
     device: str = "cuda"
     num_processes: int = 1
     model_folder: str | None = None
-    checkpoint: str = "checkpoint_final.pth"
+    checkpoint: str = DEFAULT_CHECKPOINT
     progress: bool = True
     dimensionality: int = 3
     save_noise_maps: bool = True
@@ -560,7 +632,7 @@ class NnUNetModelStep:
     def __call__(self, aux: AuxDataset, output_folder: Path) -> dict:
         if self.model_folder is not None:
             model = Path(self.model_folder)
-            check_reusable_model(model, aux, self.fold, self.checkpoint)
+            check_reusable_model(model, aux.dataset_json, self.fold, self.checkpoint)
             trained = False
         else:
             model = self.train(aux)
@@ -647,23 +719,23 @@ def _load_checkpoint_trainer_name(ckpt: Path) -> str | None:
         return None
 
 
-def check_reusable_model(model_folder: Path, aux: AuxDataset, fold: str, checkpoint: str) -> None:
-    """Check that a trained model folder fits the auxiliary dataset (channels, labels, method)."""
+def check_reusable_model(model_folder: Path, aux_json: dict, fold: str, checkpoint: str) -> None:
+    """Check that a trained model folder fits an auxiliary dataset (its dataset.json: channels, labels, method)."""
     model_folder = Path(model_folder)
+    method = aux_json["nl_revision_method"]
     for f in ("dataset.json", "plans.json", f"fold_{fold}/{checkpoint}"):
         if not (model_folder / f).is_file():
             raise FileNotFoundError(f"{model_folder / f} not found: --model must be a trained nnU-Net model folder "
                                     f"(.../Trainer__Plans__configuration) with fold '{fold}'.")
     mj = raw_dataset.load_json(model_folder / "dataset.json")
-    aj = aux.dataset_json
-    if len(mj.get("channel_names", {})) != len(aj["channel_names"]) or mj.get("labels") != aj["labels"]:
+    if len(mj.get("channel_names", {})) != len(aux_json["channel_names"]) or mj.get("labels") != aux_json["labels"]:
         raise RevisionError(
             f"The model in {model_folder} was trained with {len(mj.get('channel_names', {}))} input channels and "
-            f"labels {mj.get('labels')}, but this dataset needs {len(aj['channel_names'])} channels and labels "
-            f"{aj['labels']} (method '{aux.method}').")
-    if mj.get("nl_revision_method", aux.method) != aux.method:
+            f"labels {mj.get('labels')}, but this dataset needs {len(aux_json['channel_names'])} channels and labels "
+            f"{aux_json['labels']} (method '{method}').")
+    if mj.get("nl_revision_method", method) != method:
         raise RevisionError(f"The model in {model_folder} was trained for method '{mj['nl_revision_method']}', "
-                            f"not '{aux.method}'.")
+                            f"not '{method}'.")
 
 
 def realign_imperfect_inputs(inputs: RevisionInputs, aux: AuxDataset, predictions: Path, min_gain: float = 0.05,
@@ -856,7 +928,7 @@ def consistency_gate(inputs: RevisionInputs, predictions: Path, min_ratio: float
 
 def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root: Path, progress: bool = False,
                          save_noise_maps: bool = True, branch_noise_maps: Path | None = None,
-                         before_swap: Callable[[], None] | None = None,
+                         before_swap: Callable[[dict[str, dict]], None] | None = None,
                          keep_imperfect: Mapping[str, float] | None = None,
                          realigned: Mapping[str, dict] | None = None) -> dict[str, dict]:
     """Assemble the revised ``labelsTr`` (and ``noise_maps``) of ``target_root`` and swap them in atomically.
@@ -868,6 +940,10 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
     Cases in ``keep_imperfect`` (case id -> consistency score, see :mod:`.consistency`) keep their imperfect label.
     Cases in ``realigned`` (case id -> per-class realignment, see :func:`realign_imperfect_inputs`) were predicted
     from a moved label, which the branch maps describe: their noise map is the difference imperfect vs revised.
+    ``before_swap(records)`` runs once everything is written, before the swaps (the manifest is written there).
+    Entries of the old folders that are not label files of a case (a user's notes, backups, sub folders) are
+    carried over into the new ones (:func:`.safe_fs.swap_in_folder`). The noise maps are swapped in first and
+    ``labelsTr`` last.
 
     Returns:
         per-case records for the manifest.
@@ -910,17 +986,18 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
             if tmp_noise is not None:
                 rw.write_seg(nmap, str(tmp_noise / f"{case_id}{fe}"), imp_props)
             records[case_id] = {"source": "clean" if is_clean else "revised",
-                                "imperfect_sha256": _sha256(inputs.imperfect_label(case_id)), **stats,
+                                "imperfect_sha256": _sha256(inputs.imperfect_label(case_id)),
+                                "revised_sha256": _sha256(src), **stats,
                                 "noise_map_from": "branches" if from_branches else "difference"}
             if realigned and case_id in realigned:
                 records[case_id]["realigned"] = realigned[case_id]
             if kept:
                 records[case_id].update({"kept_imperfect": True, "consistency_score": keep_imperfect[case_id]})
         if before_swap is not None:
-            before_swap()
-        swap_in_folder(tmp_labels, target_root / LABELS_DIR)
+            before_swap(records)
         if tmp_noise is not None:
             swap_in_folder(tmp_noise, target_root / NOISE_MAPS_DIR)
+        swap_in_folder(tmp_labels, target_root / LABELS_DIR)
     except BaseException:
         shutil.rmtree(tmp_labels, ignore_errors=True)
         if tmp_noise is not None:
@@ -971,9 +1048,70 @@ def _make_output_dataset(inputs: RevisionInputs, output_dataset: str) -> Path:
         out = Path(raw_root) / output_dataset
     if out.exists():
         raise RevisionError(f"{out} already exists; choose a new --output_dataset or delete it first.")
+    if out.is_symlink():
+        raise RevisionError(f"{out} is a symbolic link; choose a new --output_dataset.")
     if out.resolve() == inputs.raw_folder.resolve():
         raise RevisionError("--output_dataset must differ from the source dataset.")
+    if inputs.raw_folder.resolve() in out.resolve().parents:
+        raise RevisionError(f"--output_dataset {out} lies inside the source dataset {inputs.raw_folder}; write the "
+                            f"new dataset beside it (e.g. a DatasetYYY_Name in nnUNet_raw).")
     return out
+
+
+def check_options(consistency_ratio: float, realign_min_gain: float, realign_rounds: int) -> None:
+    """Range checks of the numeric options, before anything is read or written."""
+    if not (np.isfinite(consistency_ratio) and consistency_ratio > 1):
+        raise RevisionError(f"--consistency_ratio must be a number > 1 (how many times larger the revised group's "
+                            f"mean change must be than the kept group's), got {consistency_ratio}.")
+    if not 0 < realign_min_gain < 1:
+        raise RevisionError(f"realign_min_gain must be in (0, 1), got {realign_min_gain}.")
+    if realign_rounds < 1:
+        raise RevisionError(f"realign_rounds must be at least 1, got {realign_rounds}.")
+
+
+def check_in_place_layout(raw: Path, save_noise_maps: bool, report: bool) -> None:
+    """Refuse an in-place revision that could lose or hide a user's file, before anything is written.
+
+    Rule: the folders and files an in-place run replaces or writes into (``labelsTr/``, ``labelsTr_imperfect/``,
+    ``noise_maps/``, the report folder and the manifest) must not be symbolic links, since renames would replace
+    the link and the write would not be "fully old or fully new" in the folder it points to; and ``noise_maps/`` or
+    the report folder may only be there if an earlier revision of this dataset wrote them.
+    """
+    safe_fs.refuse_symlinks([raw / n for n in (LABELS_DIR, ORIGINALS_DIR, NOISE_MAPS_DIR, REPORT_DIR, MANIFEST_NAME)],
+                            "Revise into a new dataset instead (-o DatasetYYY_Name), or replace the link by the "
+                            "folder it points to.")
+    if not ((raw / MANIFEST_NAME).is_file() or (raw / ORIGINALS_DIR).is_dir()):
+        for name, written, flag in ((NOISE_MAPS_DIR, save_noise_maps, "--no_noise_maps"),
+                                    (REPORT_DIR, report, "--no_report")):
+            if written and (raw / name).exists():
+                raise RevisionError(f"{raw / name} exists, but no earlier revision of this dataset wrote it (there is "
+                                    f"no {MANIFEST_NAME}), and this run would replace it. Move it away, pass {flag}, "
+                                    f"or revise into a new dataset (-o).")
+
+
+def check_model_choice(inputs: RevisionInputs, method: str, configuration: str | None, trainer: str,
+                       model_folder: str | None, fold: str, checkpoint: str = DEFAULT_CHECKPOINT) -> None:
+    """Check what nnU-Net's model step will need (configuration, trainer class, a reused model folder) before
+    anything is written, instead of after minutes of planning and training."""
+    configurations = ("2d",) if inputs.dimensionality == 2 else ("2d", "3d_fullres", "3d_lowres")
+    if configuration is not None and configuration not in configurations:
+        raise RevisionError(f"Configuration '{configuration}' (-c) is not one nnU-Net plans for this "
+                            f"{inputs.dimensionality}D dataset; choose one of {configurations}.")
+    if model_folder is not None:
+        check_reusable_model(Path(model_folder), aux_dataset_json(inputs, method, "check"), fold, checkpoint)
+        return
+    import io
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    ensure_plugin_trainers_visible()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            recursive_find_trainer_class_by_name(trainer)
+    except (RuntimeError, AssertionError, ImportError):
+        raise RevisionError(f"Unknown trainer '{trainer}' (-tr / --clean_only_tr): it is neither one of nnU-Net's "
+                            f"trainers nor one of this plugin's (nnUNetv2_nl_env lists those), nor in a folder of "
+                            f"nnUNet_extTrainer. Check the spelling.") from None
 
 
 def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output_dataset: str | None = None,
@@ -1034,7 +1172,9 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
     if method not in METHODS:
         raise RevisionError(f"Unknown method '{method}'; choose one of {METHODS}.")
     raw = resolve_dataset_folder(dataset)
+    check_options(consistency_ratio, realign_min_gain, realign_rounds)
     if output_dataset is None:
+        check_in_place_layout(raw, save_noise_maps, report)
         for line in recover_interrupted_swap(raw):
             log(f"Recovered from an interrupted run: {line}")
     inputs = validate_inputs(raw, progress=progress)
@@ -1053,10 +1193,6 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
     if realign and "nin" not in members:
         raise RevisionError("--realign moves the imperfect label that the noise identification network reads; "
                             "method 'clean_only' does not read it. Use --method nin or ensemble.")
-    if not 0 < realign_min_gain < 1:
-        raise RevisionError(f"realign_min_gain must be in (0, 1), got {realign_min_gain}.")
-    if realign_rounds < 1:
-        raise RevisionError(f"realign_rounds must be at least 1, got {realign_rounds}.")
     if model_step is None:
         if device is None:
             import torch
@@ -1065,6 +1201,8 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         chosen = {"nin": (trainer, model_folder), "clean_only": (trainer, model_folder)}
         if ensemble:
             chosen["clean_only"] = (clean_only_trainer, clean_only_model_folder)
+        for m in members:  # found now, not after minutes of planning and training
+            check_model_choice(inputs, m, configuration, chosen[m][0] or DEFAULT_TRAINERS[m], chosen[m][1], str(fold))
         model_step = {m: NnUNetModelStep(configuration=configuration, trainer=chosen[m][0] or DEFAULT_TRAINERS[m],
                                          fold=str(fold), device=device, num_processes=num_processes,
                                          model_folder=chosen[m][1], progress=progress,
@@ -1088,11 +1226,13 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         preserve_originals(inputs)
         target_root = raw
     else:
-        tmp_root = out_final.with_name(f".{out_final.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp_root.mkdir(parents=True)
-        target_root = tmp_root
+        out_final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in safe_fs.stale_siblings(out_final.parent, f".{out_final.name}", "tmp"):
+            shutil.rmtree(stale)
+            log(f"Removed {stale}, left by an interrupted run")
+        target_root = safe_fs.temp_sibling(out_final.parent, f".{out_final.name}")
+    auxes, infos, realigned = {}, {}, {}
     try:
-        auxes, infos, realigned = {}, {}, {}
         for m in members:
             if m not in aux_folders:
                 aux_folders[m] = Path(os.environ["nnUNet_raw"]) / choose_aux_dataset_name(raw, m)
@@ -1133,10 +1273,6 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
             keep, gate = consistency_gate(inputs, pred_dir, consistency_ratio, progress)
             log(f"Consistency gate: {gate['num_kept']} case(s) keep their imperfect label"
                 + ("" if gate["applied"] else f" ({gate.get('reason')})"))
-        records = write_revised_labels(inputs, pred_dir, target_root, progress=progress,
-                                       save_noise_maps=save_noise_maps,
-                                       branch_noise_maps=Path(branch_maps) if branch_maps else None,
-                                       keep_imperfect=keep, realigned=realigned)
         manifest = {
             "format": "nnunet_noisylabels.revision/1",
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1160,19 +1296,29 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
                             "num_cases": len(realigned)}
             if realign else {"enabled": False},
             "versions": {"nnunet_noisylabels": _plugin_version(), "nnunetv2": _nnunet_version()},
-            "cases": records,
         }
-        raw_dataset.write_json_atomic(manifest, target_root / MANIFEST_NAME)
+
+        def write_pending_manifest(records: dict[str, dict]) -> None:
+            # written before the labels are swapped in, renamed into place after (see finish_pending_manifest)
+            manifest["cases"] = records
+            raw_dataset.write_json_atomic(manifest, _pending_manifest(target_root))
+
+        write_revised_labels(inputs, pred_dir, target_root, progress=progress, save_noise_maps=save_noise_maps,
+                             branch_noise_maps=Path(branch_maps) if branch_maps else None,
+                             before_swap=write_pending_manifest, keep_imperfect=keep, realigned=realigned)
+        os.replace(_pending_manifest(target_root), target_root / MANIFEST_NAME)
         if out_final is not None:
             os.rename(target_root, out_final)
             target_root = out_final
     except BaseException:
         if out_final is not None:
             shutil.rmtree(target_root, ignore_errors=True)
+        else:
+            finish_pending_manifest(target_root)
         raise
     finally:
-        if not keep_aux:
-            for folder in aux_folders.values():
+        if not keep_aux:  # only what this run built: a folder it refused to replace is not ours
+            for folder in (a.folder for a in auxes.values()):
                 shutil.rmtree(folder, ignore_errors=True)
     log(f"Revised {len(inputs.revise_ids)} label(s) in {target_root / LABELS_DIR}; originals in "
         f"{target_root / ORIGINALS_DIR}; manifest {target_root / MANIFEST_NAME}.")
