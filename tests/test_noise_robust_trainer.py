@@ -102,11 +102,11 @@ def test_export_refuses_non_twin_checkpoint(tmp_path, capsys):
     (src / "dataset.json").write_text("{}")
     torch.save({"network_weights": torch.nn.Conv2d(1, 1, 1).state_dict(), "init_args": {}},
                src / "fold_0" / "checkpoint_final.pth")
-    assert export_main(["-m", str(src), "-o", str(tmp_path / "out")]) == 1
+    assert export_main(["-m", str(src), "-o", str(tmp_path / "out")]) == 2
     assert "not from a TwinNetwork" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # temporary folder cleaned up
-    assert export_main(["-m", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 1
+    assert export_main(["-m", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 2
     assert "plans.json" in capsys.readouterr().err
 
 
