@@ -215,12 +215,12 @@ def test_cli_errors_are_clear_and_nonzero(tmp_path, capsys):
     from nnunet_noisylabels.cli.find_issues import main
 
     results, labels_dir, *_ = _fake_results_folder(tmp_path, (16, 16), np.random.default_rng(3))
-    assert main(["-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--no_pbar"]) == 1
+    assert main(["-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--no_pbar"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "-f", "all"]) == 1
+    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "-f", "all"]) == 2
     assert "out-of-fold" in capsys.readouterr().err
     (labels_dir / "case_003.png").unlink()
-    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "--no_pbar"]) == 1
+    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "--no_pbar"]) == 2
     assert "No label file" in capsys.readouterr().err
 
 
@@ -237,4 +237,93 @@ def test_cli_finds_results_folder_from_dataset_id(tmp_path, monkeypatch):
     table = json.loads((tmp_path / "pre" / "Dataset001_Toy" / "label_issues" / "label_issues.json").read_text())
     assert set(r["case"] for r in table["cases"][:3]) == corrupted
     assert (tmp_path / "pre" / "Dataset001_Toy" / "label_issues" / "issue_maps" / "case_001.png").is_file()
-    assert main(["-d", "2", "-c", "2d", "--no_pbar"]) == 1
+    assert main(["-d", "2", "-c", "2d", "--no_pbar"]) == 2
+
+
+# --- coverage: every training case must have out-of-fold probabilities (hostile-user fault sweep) -----------------
+
+def _write_splits(pre_root, cases):
+    """nnU-Net's splits_final.json for the fold assignment of _fake_results_folder (sorted case i -> fold i % 5)."""
+    import json
+
+    folder = pre_root / "Dataset001_Toy"
+    folder.mkdir(parents=True)
+    val = [[c for i, c in enumerate(sorted(cases)) if i % 5 == f] for f in range(5)]
+    splits = [{"train": sorted(set(cases) - set(v)), "val": v} for v in val]
+    (folder / "splits_final.json").write_text(json.dumps(splits))
+
+
+@pytest.mark.parametrize("with_splits", [False, True])
+def test_cli_refuses_partial_cross_validation(tmp_path, monkeypatch, capsys, with_splits):
+    """1 of 5 folds trained: scoring 2 of 10 cases silently was the bug; now exit 2, nothing written."""
+    import shutil
+
+    from conftest import tree_state
+
+    from nnunet_noisylabels.cli.find_issues import main
+
+    results, labels_dir, labels, *_ = _fake_results_folder(tmp_path, (16, 16), np.random.default_rng(5))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    if with_splits:
+        _write_splits(tmp_path / "pre", list(labels))
+    for fold in (1, 2, 3, 4):
+        shutil.rmtree(results / f"fold_{fold}")
+    before = tree_state(tmp_path)
+    out = tmp_path / "issues"
+    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(out), "--no_pbar"]) == 2
+    err = capsys.readouterr().err
+    assert "cover 2 of 10 training cases" in err and "case_001" in err
+    assert "fold(s) 1, 2, 3, 4" in err
+    assert "nnUNetv2_train Dataset001_Toy 2d FOLD -tr nnUNetTrainer -p nnUNetPlans --npz` (FOLD = 1, 2, 3, 4)" in err
+    assert "-f 0" in err
+    assert tree_state(tmp_path) == before  # no output folder, no issue maps
+
+    # explicitly restricted to the trained fold: that is what the user asked for, and the count is reported
+    assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(out), "-f", "0", "--no_pbar"]) == 0
+    assert "Scored 2 of 10 training cases" in capsys.readouterr().out
+    import json
+
+    table = json.loads((out / "label_issues.json").read_text())
+    assert sorted(r["case"] for r in table["cases"]) == ["case_000", "case_005"]
+    assert len(table["unscored_cases"]) == 8
+
+
+def test_cli_refuses_a_fold_with_partial_validation(tmp_path, monkeypatch, capsys):
+    """All five folds present, but one validation folder lacks a case (e.g. an interrupted validation)."""
+    from nnunet_noisylabels.cli.find_issues import main
+
+    results, labels_dir, labels, *_ = _fake_results_folder(tmp_path, (16, 16), np.random.default_rng(6))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    _write_splits(tmp_path / "pre", list(labels))
+    (results / "fold_2" / "validation" / "case_007.npz").unlink()
+    (results / "fold_2" / "checkpoint_final.pth").write_bytes(b"")  # the fold finished; its validation did not
+    args = ["-i", str(results), "-l", str(labels_dir), "-o", str(tmp_path / "o"), "--no_pbar"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cover 9 of 10" in err and "case_007" in err and "fold(s) 2" in err
+    assert "nnUNetv2_train Dataset001_Toy 2d FOLD -tr nnUNetTrainer -p nnUNetPlans --val --npz` (FOLD = 2)" in err
+    # -f 2 asks for fold 2's cases, and fold 2 still lacks one of them according to splits_final.json
+    assert main(args + ["-f", "2"]) == 2
+    assert "cover 1 of 2" in capsys.readouterr().err
+    assert main(args + ["-f", "0", "1"]) == 0
+
+
+def test_cli_outputs_follow_the_umask(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from nnunet_noisylabels.cli.find_issues import main
+
+    results, labels_dir, *_ = _fake_results_folder(tmp_path, (16, 16), np.random.default_rng(7))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    out = tmp_path / "issues"
+    old = os.umask(0o022)
+    try:
+        assert main(["-i", str(results), "-l", str(labels_dir), "-o", str(out), "--no_pbar"]) == 0
+    finally:
+        os.umask(old)
+    for folder in (out, out / "issue_maps"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) == 12
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {str(p): "0o644" for p in files}

@@ -2,8 +2,11 @@
 
 Needs out-of-fold probabilities: train the five folds with ``nnUNetv2_train DATASET CONFIG FOLD --npz`` (any
 trainer), then point this command at the results folder (``-i``, or ``-d``/``-c``/``-tr``/``-p`` as nnU-Net spells
-them). It writes into the output folder (default ``$nnUNet_preprocessed/<dataset>/label_issues``, where
-``nnUNetTrainerCLSLR`` looks for it):
+them). The probabilities must cover every training case (the validation cases of all folds of
+``$nnUNet_preprocessed/<dataset>/splits_final.json``, or every label file when that is not found); otherwise the
+command refuses (exit status 2) and names the folds to train, unless the folds are restricted explicitly with ``-f``
+(then only those folds' validation cases are ranked). It writes into the output folder (default
+``$nnUNet_preprocessed/<dataset>/label_issues``, where ``nnUNetTrainerCLSLR`` looks for it):
 
 - ``label_issues.csv`` and ``label_issues.json``: one row per case, worst label quality first (hand the top of the
   list to an annotator), plus the per-class thresholds;
@@ -89,6 +92,84 @@ def collect_validation_probabilities(results_folder: str, folds: list[str] | Non
     return found
 
 
+def _fold_sort_key(fold: str):
+    return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)
+
+
+def _preview(cases: list[str], n: int = 5) -> str:
+    return ", ".join(cases[:n]) + (f", ... ({len(cases) - n} more)" if len(cases) > n else "")
+
+
+def load_splits(dataset_name: str) -> list[dict] | None:
+    """nnU-Net's ``$nnUNet_preprocessed/<dataset>/splits_final.json`` (the cross-validation the folds were trained
+    on), or None when it is not found."""
+    root = os.environ.get("nnUNet_preprocessed")
+    path = join(root, dataset_name, "splits_final.json") if root else None
+    if path is None or not isfile(path):
+        return None
+    splits = load_json(path)
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and isinstance(s.get("val"), list) for s in splits):
+        raise ValueError(f"{path} is not an nnU-Net splits file (a list of {{'train': [...], 'val': [...]}}).")
+    return splits
+
+
+def check_coverage(results_folder: str, dataset_name: str, probs_files: dict[str, tuple[str, str]],
+                   label_cases: list[str], folds: list[str] | None) -> None:
+    """Refuse to rank a part of the dataset silently.
+
+    Without ``folds`` (every fold present), the out-of-fold probabilities must cover every training case: the
+    validation cases of all folds of ``splits_final.json`` if it is found, else every case of the label folder. With
+    ``folds`` (the user restricted them with ``-f``), each requested fold must cover its own validation cases (when
+    ``splits_final.json`` is found).
+
+    Raises:
+        ValueError: naming the missing cases and folds and the ``nnUNetv2_train`` command that produces them.
+    """
+    splits = load_splits(dataset_name)
+    fold_of: dict[str, str] = {}
+    if splits is not None:
+        for i, split in enumerate(splits):
+            for case in split["val"]:
+                fold_of[case] = str(i)
+    if folds is None:
+        expected = set(fold_of) if splits is not None else set(label_cases)
+    elif splits is not None:
+        expected = {c for c, f in fold_of.items() if f in {str(x) for x in folds}}
+    else:
+        return
+    missing = sorted(expected - set(probs_files))
+    if not missing:
+        return
+
+    parts = basename(os.path.normpath(results_folder)).split("__")
+    trainer, plans, configuration = parts if len(parts) == 3 else ("TRAINER", "PLANS", "CONFIG")
+    train = f"nnUNetv2_train {dataset_name} {configuration} FOLD -tr {trainer} -p {plans}"
+    present = sorted({f for f, _ in probs_files.values()}, key=_fold_sort_key)
+    if splits is not None:
+        missing_folds = sorted({fold_of[c] for c in missing}, key=_fold_sort_key)
+    else:  # nnU-Net's default cross-validation: folds 0-4
+        missing_folds = [str(f) for f in range(5) if str(f) not in present] or present
+    finished = [f for f in missing_folds
+                if isfile(join(results_folder, f"fold_{f}", "checkpoint_final.pth"))]
+    to_train = [f for f in missing_folds if f not in finished]
+    todo = []
+    if to_train:
+        todo.append(f"train the missing fold(s) with `{train} --npz` (FOLD = {', '.join(to_train)})")
+    if finished:
+        todo.append(f"export the validation probabilities of the finished fold(s) with `{train} --val --npz` "
+                    f"(FOLD = {', '.join(finished)})")
+    source = "splits_final.json" if splits is not None else "the label folder"
+    what = "training cases" if folds is None else f"validation cases of fold(s) {', '.join(str(f) for f in folds)}"
+    msg = (f"The out-of-fold probabilities in {results_folder} cover {len(expected) - len(missing)} of "
+           f"{len(expected)} {what} ({source}): {len(missing)} case(s) have none ({_preview(missing)}), "
+           f"from fold(s) {', '.join(missing_folds)}. Ranking only a part of the dataset would leave the other cases "
+           f"out silently. To fix it, {' and '.join(todo)}.")
+    if folds is None and present:
+        msg += (f" To rank only the validation cases of the folds present instead, restrict the folds explicitly: "
+                f"-f {' '.join(present)}.")
+    raise ValueError(msg)
+
+
 def find_issues(results_folder: str, labels_folder: str | None = None, output_folder: str | None = None,
                 folds: list[str] | None = None, method: str = "confident_learning",
                 show_progress: bool = True) -> list[dict]:
@@ -98,12 +179,17 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
         results_folder: ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>``.
         labels_folder: the (noisy) labels the folds were trained on; default ``$nnUNet_raw/<dataset>/labelsTr``.
         output_folder: default ``$nnUNet_preprocessed/<dataset>/label_issues``.
-        folds: folds to read (default: every ``fold_<n>`` present).
+        folds: folds to read (default: every ``fold_<n>`` present, which must then cover every training case; see
+            :func:`check_coverage`).
         method: see :func:`nnunet_noisylabels.preprocessing.label_issues.find_label_issues`.
         show_progress: tqdm progress bars.
 
     Returns:
         The table rows, worst case first.
+
+    Raises:
+        FileNotFoundError: missing folders, files or probabilities.
+        ValueError: bad input, or probabilities that do not cover every training case (see :func:`check_coverage`).
     """
     if not isdir(results_folder):
         raise FileNotFoundError(f"Results folder {results_folder} does not exist.")
@@ -134,6 +220,9 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
     if missing:
         raise FileNotFoundError(f"No label file for {len(missing)} case(s) with probabilities, e.g. "
                                 f"{label_files[missing[0]]}. Is -l the labelsTr the folds were trained on?")
+    label_cases = sorted(basename(p)[:-len(file_ending)] for p in glob(join(labels_folder, "*" + file_ending)))
+    check_coverage(results_folder, dataset_name, probs_files, label_cases, folds)
+
     def load(case):
         probs = np.load(probs_files[case][1])["probabilities"]
         seg, props = read_label(label_files[case], dataset_json)
@@ -165,8 +254,13 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
     rows = []
     for rank, case in enumerate(rank_cases(scores), start=1):
         rows.append({"rank": rank, "case": case, **scores[case], "fold": probs_files[case][0]})
-    unscored = sorted(basename(p)[:-len(file_ending)] for p in glob(join(labels_folder, "*" + file_ending))
-                      if basename(p)[:-len(file_ending)] not in scores)
+    unscored = [c for c in label_cases if c not in scores]
+    if folds is not None and unscored:
+        print(f"Scored {len(rows)} of {len(label_cases)} training cases: only the validation cases of fold(s) "
+              f"{' '.join(str(f) for f in folds)} (-f); the other {len(unscored)} are listed under unscored_cases in "
+              f"label_issues.json.")
+    else:
+        print(f"Scored {len(rows)} of {len(label_cases)} training cases.")
 
     lines = [",".join(COLUMNS)]
     for r in rows:
@@ -197,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", help="configuration, e.g. 2d or 3d_fullres")
     parser.add_argument("-tr", default="nnUNetTrainer", help="trainer of the cross-validation (default nnUNetTrainer)")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", nargs="+", default=None, help="folds to read (default: all fold_<n> present)")
+    parser.add_argument("-f", nargs="+", default=None,
+                        help="folds to read (default: every fold_<n> present, which must then cover every training "
+                             "case); with -f only these folds' validation cases are ranked")
     parser.add_argument("-l", "--labels", default=None, help="label folder (default $nnUNet_raw/<dataset>/labelsTr)")
     parser.add_argument("-o", "--output", default=None,
                         help="output folder (default $nnUNet_preprocessed/<dataset>/label_issues)")
@@ -213,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = find_issues(args.input, args.labels, args.output, args.f, args.method, not args.no_pbar)
     except (FileNotFoundError, ValueError) as e:
         print(f"nnUNetv2_nl_find_issues: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{'rank':>4}  {'case':<24} {'quality':>8} {'issues':>8}")
     for r in rows[:args.top]:
         print(f"{r['rank']:>4}  {r['case']:<24} {r['label_quality']:>8.4f} {r['num_issues']:>8d}")
