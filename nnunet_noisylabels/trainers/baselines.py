@@ -36,7 +36,7 @@ from nnunet_noisylabels.losses.robust import (
     SLSRCrossEntropyLoss,
     soft_cross_entropy,
 )
-from nnunet_noisylabels.trainers.budget import BudgetMixin
+from nnunet_noisylabels.trainers.budget import BudgetMixin, checkpoint_interval
 
 #: environment variable naming the folder of issue maps for nnUNetTrainerCLSLR (default: see that class)
 ISSUE_MAPS_ENV = "nnUNet_nl_issue_maps"
@@ -386,6 +386,7 @@ class nnUNetTrainerGCE_5epochs(nnUNetTrainerGCE):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 5
+        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
 
 
 class nnUNetTrainerNRDice_5epochs(nnUNetTrainerNRDice):
@@ -393,6 +394,7 @@ class nnUNetTrainerNRDice_5epochs(nnUNetTrainerNRDice):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 5
+        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
 
 
 class nnUNetTrainerCLSLR_5epochs(nnUNetTrainerCLSLR):
@@ -400,6 +402,7 @@ class nnUNetTrainerCLSLR_5epochs(nnUNetTrainerCLSLR):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 5
+        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
 
 
 # budget variants: epochs and iterations from nnUNet_nl_epochs / nnUNet_nl_iterations / nnUNet_nl_val_iterations, so
@@ -421,6 +424,7 @@ class nnUNetTrainerCoTeaching_5epochs(nnUNetTrainerCoTeaching):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 5
+        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
 
 
 class nnUNetTrainerCoTeaching_NLbudget(BudgetMixin, nnUNetTrainerCoTeaching):

@@ -9,9 +9,13 @@ variants, from environment variables so that every arm of a benchmark runs at ex
 - ``nnUNet_nl_val_iterations``: validation iterations per epoch
 - ``nnUNet_nl_skip_final_validation=1``: with fold ``all``, skip nnU-Net's final validation (it would predict the
   training cases themselves, which measures nothing; benchmarks score a held-out test split instead)
+
+Short runs still write ``checkpoint_latest.pth`` regularly (:func:`checkpoint_interval`): ``nnUNetv2_train ... --c``
+resumes from it, and without it nnU-Net silently falls back to ``checkpoint_best.pth``, rewinding the training.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -32,6 +36,19 @@ def _positive_int(name: str, value: str) -> int:
     return v
 
 
+def checkpoint_interval(num_epochs: int, save_every: int = 50) -> int:
+    """Epochs between two ``checkpoint_latest.pth`` of a run of ``num_epochs`` epochs: ``ceil(num_epochs / 10)``,
+    capped by nnU-Net's ``save_every`` (50), so that a run interrupted at any epoch resumes at most about a tenth of
+    the run back (1000 epochs: every 50, as stock nnU-Net; 100: every 10; 5: every epoch).
+
+    nnU-Net writes ``checkpoint_latest.pth`` after epoch ``e`` when ``(e + 1) % save_every == 0`` and ``e`` is not the
+    last epoch (that one writes ``checkpoint_final.pth`` and removes ``checkpoint_latest.pth``); ``--c`` resumes from
+    checkpoint_final, else checkpoint_latest, else checkpoint_best. With ``save_every`` >= ``num_epochs`` no
+    checkpoint_latest would ever be written and ``--c`` would restart from the best epoch.
+    """
+    return max(1, min(int(save_every), math.ceil(int(num_epochs) / 10)))
+
+
 class BudgetMixin:
     """Put before an nnUNetTrainer subclass in the bases to give it a fixed or environment-driven budget."""
 
@@ -49,8 +66,8 @@ class BudgetMixin:
                 setattr(self, attr, value)
             if self.budget_from_env and os.environ.get(BUDGET_ENV[attr]):
                 setattr(self, attr, _positive_int(BUDGET_ENV[attr], os.environ[BUDGET_ENV[attr]]))
-        # short runs: never write intermediate checkpoints more often than needed
-        self.save_every = max(1, min(self.save_every, self.num_epochs))
+        # short runs: checkpoint_latest.pth about ten times per run, so that --c resumes from a recent epoch
+        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         skip = os.environ.get(SKIP_FINAL_VALIDATION_ENV, "").lower() in ("1", "true", "yes")
