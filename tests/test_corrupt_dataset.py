@@ -207,7 +207,7 @@ def test_cli(dataset_2d_multiclass, capsys):
                        "--overwrite"),
                       (["-d", "2", "-o", "21", "--noise", "dilate"],
                        "already used by Dataset021_Synth2DMulti_mixture")]:
-        assert cli.main(argv + ["--no_pbar"]) == 1
+        assert cli.main(argv + ["--no_pbar"]) == 2
         assert msg in capsys.readouterr().err
 
 

@@ -145,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                               clean_fraction=args.clean_fraction, clean_count=args.clean_count, seed=args.seed,
                               copy_images=args.copy_images, num_processes=args.np, overwrite=args.overwrite,
                               labels=args.labels, class_params=class_params, pbar=not args.no_pbar)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input, refused before anything was written
         print(f"nnUNetv2_nl_corrupt: error: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as e:  # failed while writing; the half-written dataset was removed
+        print(f"nnUNetv2_nl_corrupt: error: {e} (no dataset was written)", file=sys.stderr)
         return 1
     with open(out / MANIFEST_NAME) as f:
         summary = json.load(f)["summary"]

@@ -16,10 +16,10 @@ error never leaves a half-written dataset, and the source dataset is only ever r
 """
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
-import tempfile
+import uuid
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,13 +30,17 @@ import numpy as np
 from nnunet_noisylabels.evaluation.metrics import dice
 from nnunet_noisylabels.preprocessing.corruption import (BETA_TYPES, NOISE_FUNCTIONS, corrupt_label_map,
                                                          validate_noise_params)
-from nnunet_noisylabels.utilities.raw_dataset import (CLEAN_LABELS_DIR, RawDatasetError, check_label_values,
-                                                       check_same_geometry, image_files, load_dataset_json,
-                                                       read_images, read_label, resolve_raw_dataset,
-                                                       training_case_ids, write_label_atomic)
+from nnunet_noisylabels.utilities.raw_dataset import (CLEAN_LABELS_DIR, RawDatasetError, case_dimensionality,
+                                                       check_case, image_files, load_dataset_json, load_json,
+                                                       make_temp_dir, resolve_raw_dataset, training_case_ids,
+                                                       write_json_atomic, write_label_atomic)
+from nnunet_noisylabels.utilities.safe_fs import UnsafeLayoutError, refuse_symlinks
 
 MANIFEST_NAME = "corruption_manifest.json"
 CLEAN_LABELS_SUBDIR = CLEAN_LABELS_DIR
+# what a dataset written by corrupt_dataset holds; --overwrite replaces a folder only if it holds nothing else
+OWN_ENTRIES = frozenset({"imagesTr", "labelsTr", CLEAN_LABELS_SUBDIR, "imagesTs", "labelsTs", "dataset.json",
+                         MANIFEST_NAME})
 
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:
@@ -114,12 +118,12 @@ def _process_case(job: dict) -> dict:
     src, tmp, case, ds_json = Path(job["source"]), Path(job["tmp"]), job["case"], job["dataset_json"]
     ending = ds_json["file_ending"]
     label_path = src / "labelsTr" / f"{case}{ending}"
-    seg, props = read_label(label_path, ds_json)
-    check_label_values(seg, ds_json, label_path)
     images = image_files(src, case, ds_json)
-    _check_image_shape(images, seg, props, ds_json, label_path)
+    seg, props = check_case(case, images, label_path, ds_json)
+    seg = seg[0]
     labels = job["labels"]
-    record: dict[str, Any] = {"corrupted": job["corrupt"], "clean_subset": job["clean"]}
+    record: dict[str, Any] = {"corrupted": job["corrupt"], "clean_subset": job["clean"],
+                              "dimensionality": case_dimensionality(props)}
     core = _spatial(seg)
     empty = [c for c in labels if not (core == c).any()]
     if empty:
@@ -145,15 +149,50 @@ def _process_case(job: dict) -> dict:
     return {"case": case, **record}
 
 
-def _check_image_shape(images: Sequence[Path], seg: np.ndarray, seg_props: dict, ds_json: Mapping[str, Any],
-                       label_path: Path) -> None:
-    data, img_props = read_images(images, dict(ds_json))
-    check_same_geometry(img_props, seg_props, f"{label_path.name} vs {images[0].name}", tuple(data.shape[1:]),
-                        tuple(seg.shape))
+def _check_one_dimensionality(records: Sequence[dict]) -> None:
+    """Raise if the cases are not all 2D or all 3D (named: the cases of the smaller group)."""
+    by_dim: dict[int, list[str]] = {}
+    for r in records:
+        by_dim.setdefault(r["dimensionality"], []).append(r["case"])
+    if len(by_dim) > 1:
+        minority = min(by_dim, key=lambda d: len(by_dim[d]))
+        majority = max(by_dim, key=lambda d: len(by_dim[d]))
+        raise RawDatasetError(f"cases {by_dim[minority][:10]} are {minority}D, the other cases are {majority}D. A "
+                              f"dataset is either 2D or 3D; convert or remove them.")
+
+
+def _is_own_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by :func:`corrupt_dataset` (its manifest names it) and holds nothing else."""
+    try:
+        manifest = load_json(folder / MANIFEST_NAME)
+        ds_json = load_json(folder / "dataset.json")
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("dataset") == folder.name
+            and isinstance(ds_json, dict) and "noisy_labels" in ds_json)
+
+
+def check_replaceable(folder: Path) -> None:
+    """Raise unless ``folder`` may be replaced by ``--overwrite``: a real folder this toolkit wrote, holding only
+    what it wrote (a revision by ``nnUNetv2_nl_revise``, a user's notes or an expert label folder make it a
+    dataset of the user's)."""
+    refuse_symlinks([folder], "Remove the link or choose another target id; --overwrite does not follow links.")
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder; move it away or choose another target id")
+    if not _is_own_dataset(folder):
+        raise FileExistsError(f"{folder} was not written by nnUNetv2_nl_corrupt (no {MANIFEST_NAME} naming it), "
+                              f"so --overwrite will not replace it; move it away or choose another target id")
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN_ENTRIES)
+    if foreign:
+        raise FileExistsError(f"{folder} holds {', '.join(foreign[:8])}{' ...' if len(foreign) > 8 else ''}, "
+                              f"which nnUNetv2_nl_corrupt did not write (e.g. a revision or your own files), so "
+                              f"--overwrite will not replace it; move them away or choose another target id")
 
 
 def target_folder(target_id: int, name: str, overwrite: bool) -> Path:
-    """Folder of the new dataset; refuses ids used by another dataset and existing targets without overwrite."""
+    """Folder of the new dataset; refuses ids used by another dataset, existing targets without overwrite and, with
+    it, targets this toolkit did not write (:func:`check_replaceable`). What an interrupted run for this target
+    left is cleaned up first (:func:`remove_stale_temp_folders`)."""
     from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
 
     raw = os.environ.get("nnUNet_raw")
@@ -169,8 +208,12 @@ def target_folder(target_id: int, name: str, overwrite: bool) -> Path:
         raise FileExistsError(f"dataset id {target_id} is already used by {', '.join(others)} (nnUNet_raw, "
                               f"nnUNet_preprocessed or nnUNet_results); choose another target id")
     folder = Path(raw) / full
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} exists; pass --overwrite to replace it or choose another target id")
+    if folder.parent.is_dir():
+        remove_stale_temp_folders(folder)
+    if folder.exists() or folder.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{folder} exists; pass --overwrite to replace it or choose another target id")
+        check_replaceable(folder)
     return folder
 
 
@@ -226,7 +269,7 @@ def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mappi
     if out.resolve() == src.resolve():
         raise ValueError("the target dataset is the source dataset; choose another target id or name")
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{out.name}_", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".tmp_{out.name}_")
     try:
         for sub in ("imagesTr", "labelsTr", CLEAN_LABELS_SUBDIR):
             (tmp / sub).mkdir()
@@ -236,6 +279,7 @@ def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mappi
                      clean=c in clean_set,
                      copy_images=copy_images) for c in cases]
         records = _run_jobs(jobs, num_processes, pbar)
+        _check_one_dimensionality(records)
         for sub in ("imagesTs", "labelsTs"):
             if (src / sub).is_dir():
                 (tmp / sub).mkdir()
@@ -244,14 +288,12 @@ def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mappi
         manifest = _manifest(src, out, noise, params, alpha, clean, corrupted, seed, labels, records)
         if class_params:
             manifest["class_params"] = {str(k): v for k, v in class_params.items()}
-        with open(tmp / MANIFEST_NAME, "w") as f:
-            json.dump(manifest, f, indent=2)
+        write_json_atomic(manifest, tmp / MANIFEST_NAME)
         new_json = dict(ds_json)
         new_json["name"] = out.name
         new_json["noisy_labels"] = {"source_dataset": src.name, "noise": noise, "manifest": MANIFEST_NAME,
                                     "clean_labels": CLEAN_LABELS_SUBDIR, "num_clean": len(clean)}
-        with open(tmp / "dataset.json", "w") as f:
-            json.dump(new_json, f, indent=4)
+        write_json_atomic(new_json, tmp / "dataset.json", indent=4)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -272,9 +314,33 @@ def _run_jobs(jobs: list[dict], num_processes: int, pbar: bool) -> list[dict]:
         return list(tqdm(pool.imap(_process_case, jobs), total=len(jobs), disable=not pbar, desc="corrupting"))
 
 
+def _stale_folders(out: Path) -> list[Path]:
+    """Temporary folders an interrupted run for ``out`` left beside it (our naming scheme, real folders only)."""
+    pattern = re.compile(rf"\.(tmp_{re.escape(out.name)}_[a-z0-9_]{{8}}|old_{re.escape(out.name)}_[0-9a-f]{{8}})")
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def remove_stale_temp_folders(out: Path) -> list[Path]:
+    """Remove what an interrupted run for ``out`` left (a half-written dataset, or the old one being replaced).
+
+    If the run died between the two renames of :func:`_move_into_place`, ``out`` is missing and its old version
+    sits in ``.old_<name>_*``: it is put back first, so a re-run with ``--overwrite`` finds it as before.
+    """
+    stale = _stale_folders(out)
+    olds = [p for p in stale if p.name.startswith(".old_")]
+    if olds and not out.exists() and not out.is_symlink():
+        os.rename(olds[0], out)
+        stale.remove(olds[0])
+    for p in stale:
+        shutil.rmtree(p)
+    return stale
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` (checked by :func:`check_replaceable`) is renamed aside first
+    and deleted once the new dataset is in place."""
     if out.exists():
-        old = out.parent / f".old_{out.name}_{os.getpid()}"
+        old = out.parent / f".old_{out.name}_{uuid.uuid4().hex[:8]}"
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old)
