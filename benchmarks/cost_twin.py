@@ -60,7 +60,7 @@ def parse_args(argv=None):
 
 
 def _plan_synthetic(workdir: Path, shape: list[int], planner: str) -> tuple[dict, dict]:
-    from nnunet_noisylabels.utilities.synthetic import write_synthetic_dataset
+    from nnunet_noisylabels.common.synthetic import write_synthetic_dataset
 
     os.environ.setdefault("nnUNet_n_proc_DA", "2")
     write_synthetic_dataset(os.environ["nnUNet_raw"], 999, name="CostBench", dim=len(shape), num_classes=3,

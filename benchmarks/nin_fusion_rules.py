@@ -4,7 +4,7 @@ Every rule of ``FUSION_RULES`` is applied to the SAME trained ``NoiseIdentificat
 changes how the three heads are fused at inference), and the revised masks of held-out cases are scored against the
 clean labels, next to the Dice of the imperfect labels they were revised from.
 
-Usage on a trained model (auxiliary dataset layout, see nnunet_noisylabels/preprocessing/aux_dataset.py):
+Usage on a trained model (auxiliary dataset layout, see nnunet_noisylabels/revision/aux_dataset.py):
 
     python benchmarks/nin_fusion_rules.py model --model_folder $nnUNet_results/Dataset.../Trainer__plans__2d \
         --images .../imagesTs --clean .../labelsTs_clean [-f all]
@@ -42,9 +42,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
-from nnunet_noisylabels.evaluation.metrics import mean_foreground_dice  # noqa: E402
-from nnunet_noisylabels.losses.noise_identification import FUSION_RULES  # noqa: E402
-from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices  # noqa: E402
+from nnunet_noisylabels.common.metrics import mean_foreground_dice  # noqa: E402
+from nnunet_noisylabels.revision.nin.fusion import FUSION_RULES  # noqa: E402
+from nnunet_noisylabels.revision.aux_dataset import label_channel_indices  # noqa: E402
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:

@@ -52,27 +52,27 @@ PROTOCOLS = {
 # arm -> (labels used for training, trainer). The confident-learning + SLSR arm first runs a 5-fold cross-validation
 # of plain nnU-Net with --npz at the same budget and nnUNetv2_nl_find_issues on it (see Runner.find_issues).
 ARMS = {
-    "nnunet_noisy": ("noisy", "nnUNetTrainer_NLbudget"),
-    "nnunet_clean_subset": ("clean_subset", "nnUNetTrainer_NLbudget"),
-    "nnunet_revised": ("revised", "nnUNetTrainer_NLbudget"),
+    "nnunet_noisy": ("noisy", "nnUNetTrainer_budget"),
+    "nnunet_clean_subset": ("clean_subset", "nnUNetTrainer_budget"),
+    "nnunet_revised": ("revised", "nnUNetTrainer_budget"),
     "robust_noisy": ("noisy", "NoiseRobustTrainer_budget"),
     "robust_revised": ("revised", "NoiseRobustTrainer_budget"),
     "robust_revised_noSoftening": ("revised", "NoiseRobustTrainer_noSoftening_budget"),
     "robust_revised_singleNet": ("revised", "NoiseRobustTrainer_singleNet_budget"),
-    "gce_noisy": ("noisy", "nnUNetTrainerGCE_NLbudget"),
-    "nrdice_noisy": ("noisy", "nnUNetTrainerNRDice_NLbudget"),
-    "coteaching_noisy": ("noisy", "nnUNetTrainerCoTeaching_NLbudget"),
-    "clslr_noisy": ("noisy", "nnUNetTrainerCLSLR_NLbudget"),
-    "nnunet_clean_full": ("clean_full", "nnUNetTrainer_NLbudget"),
+    "gce_noisy": ("noisy", "nnUNetTrainerGCE_budget"),
+    "nrdice_noisy": ("noisy", "nnUNetTrainerNRDice_budget"),
+    "coteaching_noisy": ("noisy", "nnUNetTrainerCoTeaching_budget"),
+    "clslr_noisy": ("noisy", "nnUNetTrainerCLSLR_budget"),
+    "nnunet_clean_full": ("clean_full", "nnUNetTrainer_budget"),
     # nnU-Net on the clean-only revision (the baseline revision): compares the two revisions downstream
-    "nnunet_cleanonly_revised": ("clean_only_revised", "nnUNetTrainer_NLbudget"),
+    "nnunet_cleanonly_revised": ("clean_only_revised", "nnUNetTrainer_budget"),
     # nnU-Net / NoiseRobustTrainer on the ensemble revision (both phase-1 models above, softmax averaged)
-    "nnunet_ensemble_revised": ("ensemble_revised", "nnUNetTrainer_NLbudget"),
+    "nnunet_ensemble_revised": ("ensemble_revised", "nnUNetTrainer_budget"),
     "robust_ensemble_revised": ("ensemble_revised", "NoiseRobustTrainer_budget"),
 }
 # revision method of nnUNetv2_nl_revise -> (benchmark dataset key, dataset name suffix, phase-1 trainer)
 REVISIONS = {"nin": ("revised", "revised", "NoiseIdentificationTrainer_budget"),
-             "clean_only": ("clean_only_revised", "cleanonly", "nnUNetTrainer_NLbudget"),
+             "clean_only": ("clean_only_revised", "cleanonly", "nnUNetTrainer_budget"),
              "ensemble": ("ensemble_revised", "ensemble", None)}
 # training labels of an arm -> the benchmark dataset that holds them (see Runner.ids)
 LABEL_DATASETS = {"noisy": "noisy", "clean_subset": "clean_subset", "revised": "revised",
@@ -294,7 +294,7 @@ class Runner:
         name = self.folder("noisy").name
         if (Path(self.env["nnUNet_preprocessed"]) / name / "label_issues" / "label_issues.csv").is_file():
             return
-        cv = "nnUNetTrainer_NLbudget"
+        cv = "nnUNetTrainer_budget"
         for fold in range(5):
             out = Path(self.env["nnUNet_results"]) / name / f"{cv}__nnUNetPlans__{config}" / f"fold_{fold}"
             if not (out / "checkpoint_final.pth").is_file():
@@ -378,8 +378,8 @@ def write_settings(path: Path, settings: dict) -> None:
 
 def score_folder(ref: Path, pred: Path, dataset_json: dict) -> dict:
     """Dice and HD95 per structure and case (plugin metrics on nnU-Net's reader), with a summary."""
-    from nnunet_noisylabels.evaluation.metrics import dice, hd95
-    from nnunet_noisylabels.utilities.raw_dataset import read_label
+    from nnunet_noisylabels.common.metrics import dice, hd95
+    from nnunet_noisylabels.common.raw_dataset import read_label
 
     labels = sorted(int(v) for k, v in dataset_json["labels"].items() if k not in ("background", "ignore"))
     ending = dataset_json["file_ending"]

@@ -1,5 +1,5 @@
 """Ways a user's raw dataset goes wrong, for the fault suites: each function damages one case of a synthetic dataset
-(see :func:`nnunet_noisylabels.utilities.synthetic.write_synthetic_dataset`, cases ``case_000`` ...) in place."""
+(see :func:`nnunet_noisylabels.common.synthetic.write_synthetic_dataset`, cases ``case_000`` ...) in place."""
 from __future__ import annotations
 
 import os

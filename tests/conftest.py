@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_noisylabels._autoenv import ext_trainer_dir
-from nnunet_noisylabels.utilities.synthetic import write_synthetic_dataset
+from nnunet_noisylabels.common.synthetic import write_synthetic_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -50,7 +50,7 @@ def nnunet_env(tmp_path, monkeypatch) -> dict:
 @pytest.fixture
 def make_dataset(nnunet_env):
     """Factory: ``make_dataset(dataset_id, dim=2, num_classes=2, ...)`` writes a synthetic raw dataset (see
-    :func:`nnunet_noisylabels.utilities.synthetic.write_synthetic_dataset`) into nnUNet_raw and returns its folder."""
+    :func:`nnunet_noisylabels.common.synthetic.write_synthetic_dataset`) into nnUNet_raw and returns its folder."""
 
     def make(dataset_id: int = 1, **kwargs) -> Path:
         return write_synthetic_dataset(nnunet_env["nnUNet_raw"], dataset_id, **kwargs)

@@ -13,7 +13,7 @@ import torch
 from conftest import console_script, run
 
 from nnunet_noisylabels._autoenv import ext_trainer_dir
-from nnunet_noisylabels.utilities.synthetic import write_synthetic_dataset
+from nnunet_noisylabels.common.synthetic import write_synthetic_dataset
 
 DATASET = "Dataset991_NLBaselines"
 # one epoch of two iterations: enough to go through every step of nnU-Net's training loop and validation
@@ -45,11 +45,11 @@ def _copy_labels_as_issue_maps(raw, dst):
 
 
 def _make_trainer(planned, name, monkeypatch):
-    import importlib
+    from nnunet_noisylabels.trainers import all_trainer_classes
 
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", *TINY_BUDGET):
         monkeypatch.setenv(k, planned["env"][k])
-    cls = getattr(importlib.import_module("nnunet_noisylabels.trainers.baselines"), name)
+    cls = all_trainer_classes()[name]
     plans = json.loads((planned["pre"] / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False  # set by nnU-Net's run_training
     dataset_json = json.loads((planned["pre"] / "dataset.json").read_text())
@@ -82,7 +82,7 @@ def test_trainer_losses_are_wrapped_for_deep_supervision(planned, monkeypatch, n
 
 
 def test_budget_variant_reads_the_environment(planned, monkeypatch):
-    trainer = _make_trainer(planned, "nnUNetTrainerGCE_NLbudget", monkeypatch)
+    trainer = _make_trainer(planned, "nnUNetTrainerGCE_budget", monkeypatch)
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (1, 2, 1)
     assert trainer.gce_q == 0.7
 
@@ -139,7 +139,7 @@ def _train(env, trainer, fold="0"):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerGCE_NLbudget", "nnUNetTrainerNRDice_NLbudget"])
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerGCE_budget", "nnUNetTrainerNRDice_budget"])
 def test_loss_trainers_run_through_nnunetv2_train(planned, trainer):
     _train(planned["env"], trainer)
 
@@ -148,17 +148,17 @@ def test_loss_trainers_run_through_nnunetv2_train(planned, trainer):
 def test_clslr_runs_through_nnunetv2_train_with_default_issue_maps(planned):
     env = {k: v for k, v in planned["env"].items() if k != "nnUNet_nl_issue_maps"}
     missing = subprocess.run([console_script("nnUNetv2_train"), "991", "2d", "0", "-tr",
-                              "nnUNetTrainerCLSLR_NLbudget", "-device", "cpu"], env=env, capture_output=True,
+                              "nnUNetTrainerCLSLR_budget", "-device", "cpu"], env=env, capture_output=True,
                              text=True)
     assert missing.returncode != 0 and "nnUNetv2_nl_find_issues" in missing.stderr
     # where nnUNetv2_nl_find_issues writes by default
     _copy_labels_as_issue_maps(planned["raw"], planned["pre"] / "label_issues" / "issue_maps")
-    out, stdout = _train(env, "nnUNetTrainerCLSLR_NLbudget")
+    out, stdout = _train(env, "nnUNetTrainerCLSLR_budget")
     assert len(os.listdir(os.path.join(out, "issue_maps_preprocessed"))) == 6
 
 
 def test_coteaching_trains_two_networks_on_peer_selected_voxels(planned, monkeypatch, tmp_path):
-    pytest.importorskip("nnunet_noisylabels.networks.twin")
+    pytest.importorskip("nnunet_noisylabels.robust.twin")
     trainer = _make_trainer(planned, "nnUNetTrainerCoTeaching", monkeypatch)
     trainer.output_folder = str(tmp_path / "out")
     os.makedirs(trainer.output_folder)
@@ -185,12 +185,12 @@ def test_coteaching_trains_two_networks_on_peer_selected_voxels(planned, monkeyp
 
 @pytest.mark.slow
 def test_coteaching_trains_and_predicts_through_stock_nnunet(planned, tmp_path):
-    pytest.importorskip("nnunet_noisylabels.networks.twin")
+    pytest.importorskip("nnunet_noisylabels.robust.twin")
     env = planned["env"]
-    _train(env, "nnUNetTrainerCoTeaching_NLbudget")
+    _train(env, "nnUNetTrainerCoTeaching_budget")
     out = tmp_path / "pred"
     run([console_script("nnUNetv2_predict"), "-i", str(planned["raw"] / "imagesTr"), "-o", str(out), "-d", "991",
-         "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerCoTeaching_NLbudget", "-device", "cpu", "-npp", "0", "-nps",
+         "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerCoTeaching_budget", "-device", "cpu", "-npp", "0", "-nps",
          "0", "--disable_progress_bar"], env)
     assert len(list(out.glob("*.png"))) == 6
 
@@ -204,19 +204,19 @@ def test_user_flow_crossvalidation_find_issues_then_clslr(planned, monkeypatch, 
 
     env = planned["env"]
     for fold in range(5):
-        run([console_script("nnUNetv2_train"), "991", "2d", str(fold), "-tr", "nnUNetTrainer_NLbudget", "-device",
+        run([console_script("nnUNetv2_train"), "991", "2d", str(fold), "-tr", "nnUNetTrainer_budget", "-device",
              "cpu", "--npz"], env)
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, env[k])
     out = tmp_path / "issues"
-    assert main(["-d", "991", "-c", "2d", "-tr", "nnUNetTrainer_NLbudget", "-o", str(out), "--no_pbar"]) == 0
+    assert main(["-d", "991", "-c", "2d", "-tr", "nnUNetTrainer_budget", "-o", str(out), "--no_pbar"]) == 0
     table = json.loads((out / "label_issues.json").read_text())
     assert sorted(r["case"] for r in table["cases"]) == [f"case_{i:03d}" for i in range(6)]
     for r in table["cases"]:
         issue_map = io.imread(out / "issue_maps" / f"{r['case']}.png")
         label = io.imread(planned["raw"] / "labelsTr" / f"{r['case']}.png")
         assert issue_map.shape == label.shape and int(issue_map.sum()) == r["num_issues"]
-    _train({**env, "nnUNet_nl_issue_maps": str(out / "issue_maps")}, "nnUNetTrainerCLSLR_NLbudget", fold="1")
+    _train({**env, "nnUNet_nl_issue_maps": str(out / "issue_maps")}, "nnUNetTrainerCLSLR_budget", fold="1")
 
 
 @pytest.mark.slow
@@ -247,7 +247,7 @@ def test_clslr_issue_maps_follow_transpose_and_resampling_in_3d(tmp_path, monkey
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, env[k])
     monkeypatch.setenv("nnUNet_nl_issue_maps", str(maps))
-    from nnunet_noisylabels.trainers.baselines import nnUNetTrainerCLSLR
+    from nnunet_noisylabels.baselines.trainers import nnUNetTrainerCLSLR
 
     plans["continue_training"] = False
     trainer = nnUNetTrainerCLSLR(plans, "3d_fullres", 0, json.loads((pre / "dataset.json").read_text()),

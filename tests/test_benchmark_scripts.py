@@ -129,7 +129,7 @@ def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
     results = tmp_path / "nnUNet_results"
     assert cmd[cmd.index("--model") + 1] == str(used_nin)  # the model the revision recorded
     assert cmd[cmd.index("--clean_only_model") + 1] == str(
-        results / "Dataset501_X_markovNLclean" / "nnUNetTrainer_NLbudget__nnUNetPlans__2d")
+        results / "Dataset501_X_markovNLclean" / "nnUNetTrainer_budget__nnUNetPlans__2d")
     assert cmd[cmd.index("-o") + 1] == "Dataset705_X_markov_ensemble"
     runner.revise("ensemble")  # done: nothing runs again
     assert len(calls) == 3
@@ -161,7 +161,7 @@ def test_runner_passes_the_network_variant_and_realign(tmp_path):
     runner.revise("ensemble")
     nin, co, ens = calls["revise_nin"], calls["revise_clean_only"], calls["revise_ensemble"]
     assert nin[nin.index("-tr") + 1] == "NoiseIdentificationTrainer_labelShift_budget" and "--realign" in nin
-    assert co[co.index("-tr") + 1] == "nnUNetTrainer_NLbudget" and "--realign" not in co
+    assert co[co.index("-tr") + 1] == "nnUNetTrainer_budget" and "--realign" not in co
     model = (tmp_path / "nnUNet_results" / "Dataset500_X_abNIN" /
              "NoiseIdentificationTrainer_labelShift_budget__nnUNetPlans__2d")
     assert "--realign" in ens and ens[ens.index("--model") + 1] == str(model)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 
 from conftest import console_script, run
 
-from nnunet_noisylabels.preprocessing.aux_dataset import aux_dataset_json_keys
+from nnunet_noisylabels.revision.aux_dataset import aux_dataset_json_keys
 from nnunet_noisylabels.trainers.budget import BUDGET_ENV
 
 # the smallest plans nnUNetTrainer.__init__ accepts (construction only: no network, no data)
@@ -82,11 +81,11 @@ def test_every_short_and_budget_variant_writes_checkpoint_latest(nnunet_env, mon
     from nnunet_noisylabels.trainers import all_trainer_classes
 
     classes = all_trainer_classes()
-    short = {n: c for n, c in classes.items() if n.endswith(("epochs", "debug", "NLdebug"))}
+    short = {n: c for n, c in classes.items() if n.endswith(("epochs", "debug"))}
     budget = {n: c for n, c in classes.items() if getattr(c, "budget_from_env", False)}
-    assert {"nnUNetTrainer_NLdebug", "NoiseRobustTrainer_debug", "nnUNetTrainerGCE_5epochs",
+    assert {"nnUNetTrainer_debug", "NoiseRobustTrainer_debug", "nnUNetTrainerGCE_5epochs",
             "nnUNetTrainerCoTeaching_5epochs", "NoiseIdentificationTrainer_debug"} <= set(short)
-    assert {"nnUNetTrainer_NLbudget", "NoiseRobustTrainer_budget", "nnUNetTrainerCLSLR_NLbudget"} <= set(budget)
+    assert {"nnUNetTrainer_budget", "NoiseRobustTrainer_budget", "nnUNetTrainerCLSLR_budget"} <= set(budget)
     for name, cls in sorted(short.items()):
         t = _construct(name, cls)
         assert t.num_epochs < 1000, name
@@ -98,7 +97,7 @@ def test_every_short_and_budget_variant_writes_checkpoint_latest(nnunet_env, mon
             assert t.num_epochs == int(epochs), name
             _assert_resumable(t.num_epochs, t.save_every, f"{name} at {epochs} epochs")
     monkeypatch.delenv(BUDGET_ENV["num_epochs"])
-    t = _construct("nnUNetTrainer_NLbudget", classes["nnUNetTrainer_NLbudget"])
+    t = _construct("nnUNetTrainer_budget", classes["nnUNetTrainer_budget"])
     assert (t.num_epochs, t.save_every) == (1000, 50)  # no budget set: stock nnU-Net
 
 
@@ -108,19 +107,19 @@ class _Interrupted(Exception):
 
 @pytest.mark.slow
 def test_continue_resumes_from_the_latest_epoch(nnunet_env, make_dataset, monkeypatch):
-    """Train nnUNetTrainer_NLdebug (4 epochs; 2 iterations each to keep it fast, the checkpoint schedule depends on
+    """Train nnUNetTrainer_debug (4 epochs; 2 iterations each to keep it fast, the checkpoint schedule depends on
     the epochs only) in process, interrupt it after the third epoch and resume the way ``nnUNetv2_train ... --c``
     does: it must start at epoch 3 and train only the last epoch."""
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
-    from nnunet_noisylabels.trainers.budget import nnUNetTrainer_NLdebug
+    from nnunet_noisylabels.trainers.variants import nnUNetTrainer_debug
 
     make_dataset(1, name="Resume", dim=2, num_classes=2, num_cases=5, num_clean=0, num_test=0, shape=(32, 32))
     run([console_script("nnUNetv2_plan_and_preprocess"), "-d", "1", "-c", "2d", "-np", "1"], nnunet_env)
     pre = Path(nnunet_env["nnUNet_preprocessed"]) / "Dataset001_Resume"
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # in process, no augmentation workers
 
-    class Recorder(nnUNetTrainer_NLdebug):
+    class Recorder(nnUNetTrainer_debug):
         budget_iterations = 2
         budget_val_iterations = 1
         stop_after: int | None = 3

@@ -11,9 +11,9 @@ from scipy import ndimage
 
 from conftest import load_benchmark
 from nnunet_noisylabels.cli import corrupt as cli
-from nnunet_noisylabels.evaluation.metrics import dice
-from nnunet_noisylabels.preprocessing.corrupt_dataset import (MANIFEST_NAME, corrupt_dataset, select_cases)
-from nnunet_noisylabels.utilities.raw_dataset import (RawDatasetError, load_dataset_json, read_label,
+from nnunet_noisylabels.common.metrics import dice
+from nnunet_noisylabels.corruption.dataset import (MANIFEST_NAME, corrupt_dataset, select_cases)
+from nnunet_noisylabels.common.raw_dataset import (RawDatasetError, load_dataset_json, read_label,
                                                        write_label_atomic)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnunet_noisylabels.evaluation.metrics import dice
-from nnunet_noisylabels.preprocessing import corruption as C
+from nnunet_noisylabels.common.metrics import dice
+from nnunet_noisylabels.corruption import noise as C
 
 
 def disk2d(shape=(64, 64), centre=(32, 30), r=14):

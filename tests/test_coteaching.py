@@ -7,7 +7,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from nnunet_noisylabels.losses.coteaching import (
+from nnunet_noisylabels.baselines.coteaching import (
     coteaching_loss,
     coteaching_selection,
     forget_rate_schedule,

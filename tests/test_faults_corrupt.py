@@ -15,7 +15,7 @@ import pytest
 import bad_inputs as bad
 from conftest import tree_state
 from nnunet_noisylabels.cli.corrupt import main
-from nnunet_noisylabels.preprocessing.corrupt_dataset import MANIFEST_NAME, corrupt_dataset
+from nnunet_noisylabels.corruption.dataset import MANIFEST_NAME, corrupt_dataset
 
 TARGET = "Dataset120_Synth_dilate"
 

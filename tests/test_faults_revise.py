@@ -20,7 +20,7 @@ import pytest
 import bad_inputs as bad
 from conftest import REPO_ROOT, tree_state
 from nnunet_noisylabels.cli.revise import main
-from nnunet_noisylabels.preprocessing import revision as rv
+from nnunet_noisylabels.revision import api as rv
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
@@ -105,7 +105,7 @@ class CleanStep:
     def __call__(self, aux: rv.AuxDataset, out: Path) -> dict:
         from scipy import ndimage
 
-        from nnunet_noisylabels.utilities.raw_dataset import reader_writer
+        from nnunet_noisylabels.common.raw_dataset import reader_writer
 
         fe = aux.dataset_json["file_ending"]
         rw = reader_writer(aux.dataset_json, aux.images_ts / f"{aux.predict_ids[0]}_0000{fe}")
@@ -177,7 +177,7 @@ KILL_SCRIPT = r"""
 import os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from nnunet_noisylabels.preprocessing import revision as rv
+from nnunet_noisylabels.revision import api as rv
 from test_faults_revise import CleanStep
 
 real = rv.swap_in_folder

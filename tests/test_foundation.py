@@ -52,7 +52,7 @@ def test_trainer_registry_lists_plugin_trainers():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     trainers = all_trainer_classes()
-    assert "nnUNetTrainer_NLdebug" in trainers and "nnUNetTrainer_NLbudget" in trainers
+    assert "nnUNetTrainer_debug" in trainers and "nnUNetTrainer_budget" in trainers
     assert all(issubclass(t, nnUNetTrainer) for t in trainers.values())
 
 
@@ -63,9 +63,9 @@ def _lookup_in_fresh_process(name: str, env: dict, cwd: str | None = None) -> su
 
 
 def test_nnunet_lookup_finds_plugin_trainer_in_fresh_process(nnunet_env):
-    proc = _lookup_in_fresh_process("nnUNetTrainer_NLdebug", nnunet_env)
+    proc = _lookup_in_fresh_process("nnUNetTrainer_debug", nnunet_env)
     assert proc.returncode == 0, proc.stderr
-    assert "FOUND nnunet_noisylabels.trainers.budget nnUNetTrainer_NLdebug" in proc.stdout
+    assert "FOUND nnunet_noisylabels.trainers.variants nnUNetTrainer_debug" in proc.stdout
 
 
 def test_nnunet_lookup_fails_for_unknown_trainer(nnunet_env):
@@ -87,9 +87,9 @@ def test_installed_startup_hook_registers_trainers():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(os.path.join("nnunet_noisylabels", "nnunet_ext"))
     # and nnU-Net's own lookup finds the trainers with no nnUNet_extTrainer exported by the user
-    found = _lookup_in_fresh_process("nnUNetTrainer_NLdebug", env, cwd="/")
+    found = _lookup_in_fresh_process("nnUNetTrainer_debug", env, cwd="/")
     assert found.returncode == 0, found.stderr
-    assert "FOUND nnunet_noisylabels.trainers.budget nnUNetTrainer_NLdebug" in found.stdout
+    assert "FOUND nnunet_noisylabels.trainers.variants nnUNetTrainer_debug" in found.stdout
 
 
 def test_env_command_reports_registration(nnunet_env, capsys):
@@ -97,7 +97,7 @@ def test_env_command_reports_registration(nnunet_env, capsys):
 
     assert main([]) == 0
     out = capsys.readouterr().out
-    assert "registered in nnUNet_extTrainer: yes" in out and "nnUNetTrainer_NLdebug" in out
+    assert "registered in nnUNet_extTrainer: yes" in out and "nnUNetTrainer_debug" in out
     assert main(["--export"]) == 0
     assert ext_trainer_dir() in capsys.readouterr().out
 

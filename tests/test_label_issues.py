@@ -7,7 +7,7 @@ import torch
 from numpy.testing import assert_allclose
 from scipy import ndimage
 
-from nnunet_noisylabels.preprocessing.label_issues import (
+from nnunet_noisylabels.baselines.label_issues import (
     ClassThresholds,
     case_quality,
     class_thresholds,

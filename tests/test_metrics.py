@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from nnunet_noisylabels.evaluation.metrics import (dice, dice_per_class, hd95, hd95_per_class,
+from nnunet_noisylabels.common.metrics import (dice, dice_per_class, hd95, hd95_per_class,
                                                     mean_foreground_dice)
 
 

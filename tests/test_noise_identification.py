@@ -14,8 +14,8 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from nnunet_noisylabels.evaluation.metrics import mean_foreground_dice
-from nnunet_noisylabels.losses.noise_identification import (
+from nnunet_noisylabels.common.metrics import mean_foreground_dice
+from nnunet_noisylabels.revision.nin.fusion import (
     FUSION_RULES,
     NoiseIdentificationLoss,
     fuse_logits,
@@ -28,8 +28,8 @@ from nnunet_noisylabels.losses.noise_identification import (
     perturb_label_channels,
     split_branches,
 )
-from nnunet_noisylabels.networks.noise_identification import build_noise_identification_network
-from nnunet_noisylabels.preprocessing.aux_dataset import (
+from nnunet_noisylabels.revision.nin.network import build_noise_identification_network
+from nnunet_noisylabels.revision.aux_dataset import (
     aux_dataset_json_keys,
     imperfect_label_to_channels,
     label_channel_indices,
@@ -383,7 +383,7 @@ def test_train_step_feeds_the_perturbed_label_to_network_and_loss():
     derived from that (all background) input, while the image channel is untouched."""
     from types import SimpleNamespace
 
-    from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer
+    from nnunet_noisylabels.revision.nin.trainer import NoiseIdentificationTrainer
 
     seen = {}
 
@@ -425,7 +425,7 @@ def test_train_step_feeds_the_perturbed_label_to_network_and_loss():
 
 # --------------------------------------------------------------------------------------------- augmentation guard
 def test_intensity_transforms_leave_label_channels_alone():
-    from nnunet_noisylabels.trainers.noise_identification import restrict_intensity_transforms
+    from nnunet_noisylabels.revision.nin.trainer import restrict_intensity_transforms
     from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
     from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
     from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
@@ -567,7 +567,7 @@ def test_trainer_revises_planted_noise_through_nnunet(tmp_path, nnunet_env, num_
     # the check is discrimination: clearly higher on the ring than on the structure, and below 0.5 there.
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunet_noisylabels.trainers.noise_identification import predict_branch_logits
+    from nnunet_noisylabels.revision.nin.trainer import predict_branch_logits
 
     model = Path(env["nnUNet_results"]) / "Dataset901_NINtest" / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d"
     predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)

@@ -13,7 +13,7 @@ import torch
 from conftest import console_script, run
 from nnunet_noisylabels._autoenv import ext_trainer_dir
 from nnunet_noisylabels.cli.export import main as export_main
-from nnunet_noisylabels.utilities.synthetic import write_synthetic_dataset
+from nnunet_noisylabels.common.synthetic import write_synthetic_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_ID = 971
@@ -114,7 +114,8 @@ def test_export_refuses_non_twin_checkpoint(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_members_differ_at_init_and_seeds_are_respected(preprocessed):
-    from nnunet_noisylabels.trainers.noise_robust import NoiseRobustTrainer, NoiseRobustTrainer_debug
+    from nnunet_noisylabels.robust.trainer import NoiseRobustTrainer
+    from nnunet_noisylabels.trainers.variants import NoiseRobustTrainer_debug
     t = _trainer(preprocessed)
     args = (t.plans_manager, t.configuration_manager, 1, t.label_manager.num_segmentation_heads, True)
     for cls in (NoiseRobustTrainer, NoiseRobustTrainer_debug):
@@ -127,7 +128,7 @@ def test_members_differ_at_init_and_seeds_are_respected(preprocessed):
 
 @pytest.mark.slow
 def test_softening_schedule_and_hard_targets_without_softening(preprocessed):
-    from nnunet_noisylabels.losses.soft_targets import one_hot
+    from nnunet_noisylabels.robust.soft_targets import one_hot
     full = _trainer(preprocessed, "NoiseRobustTrainer")
     assert full.current_peer_weight() == 0.0  # ramp-up starts at 0
     full.current_epoch = int(full.softening_rampup_fraction * full.num_epochs)
@@ -215,7 +216,7 @@ def test_training_run_checkpoints_logs_and_learns(trained, env):
 def test_trained_model_beats_untrained_on_clean_test_labels(trained, env):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
-    from nnunet_noisylabels.trainers.noise_robust import NoiseRobustTrainer
+    from nnunet_noisylabels.robust.trainer import NoiseRobustTrainer
 
     raw = Path(env["nnUNet_raw"]) / DATASET
     cases = sorted(p.name[:-len("_0000.png")] for p in (raw / "imagesTs").glob("*_0000.png"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnunet_noisylabels.utilities.raw_dataset import (RawDatasetError, check_label_values, check_same_geometry,
+from nnunet_noisylabels.common.raw_dataset import (RawDatasetError, check_label_values, check_same_geometry,
                                                       image_files, load_dataset_json, num_classes, read_images,
                                                       read_label, resolve_raw_dataset, spatial_view,
                                                       training_case_ids, write_label_atomic)

@@ -1,4 +1,4 @@
-"""Rigid realignment of misplaced imperfect labels (:mod:`nnunet_noisylabels.preprocessing.realign`): the
+"""Rigid realignment of misplaced imperfect labels (:mod:`nnunet_noisylabels.revision.realign`): the
 registration and the per-class decision. The second prediction pass inside the revision is tested in
 test_revision.py."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnunet_noisylabels.evaluation.metrics import dice
-from nnunet_noisylabels.preprocessing.realign import realign_label_map, rigid_align_mask
+from nnunet_noisylabels.common.metrics import dice
+from nnunet_noisylabels.revision.realign import realign_label_map, rigid_align_mask
 
 
 def _ellipse(shape, centre, radii, angle_deg=0.0):

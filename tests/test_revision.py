@@ -14,10 +14,10 @@ import pytest
 from scipy import ndimage
 
 from nnunet_noisylabels.cli.revise import main
-from nnunet_noisylabels.preprocessing import revision as rv
-from nnunet_noisylabels.evaluation.metrics import dice
-from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices
-from nnunet_noisylabels.utilities.raw_dataset import reader_writer
+from nnunet_noisylabels.revision import api as rv
+from nnunet_noisylabels.common.metrics import dice
+from nnunet_noisylabels.revision.aux_dataset import label_channel_indices
+from nnunet_noisylabels.common.raw_dataset import reader_writer
 
 
 # ------------------------------------------------------------------------------------------------ synthetic data
@@ -337,7 +337,7 @@ def test_cli_failure_exit_code(toy2d, monkeypatch, capsys):
 def test_cli_report_failure_says_the_labels_were_revised(toy2d, monkeypatch, capsys):
     """A report that fails after the labels were written must not claim labelsTr/ was left alone: exit 1, the
     message says where the revised labels are and how to write the report again, and that command works."""
-    import nnunet_noisylabels.evaluation.revision_report as report
+    import nnunet_noisylabels.revision.report as report
 
     ds, truth = toy2d
     monkeypatch.setattr(rv, "NnUNetModelStep", lambda **kw: TruthStep(truth))
@@ -388,7 +388,7 @@ def test_output_dataset_mode_leaves_source_untouched(toy2d, tmp_path):
 
 
 def test_report_without_truth_ranks_by_change(toy2d):
-    from nnunet_noisylabels.evaluation.revision_report import write_revision_report
+    from nnunet_noisylabels.revision.report import write_revision_report
 
     ds, truth = toy2d
     rv.revise_dataset(ds, model_step=TruthStep(truth), progress=False, log=lambda s: None, report=False)
@@ -553,7 +553,7 @@ def test_fold_other_than_all_needs_five_clean_pairs(toy2d):
 @pytest.mark.slow
 @pytest.mark.parametrize("method, trainer, dim, num_classes", [
     ("nin", "NoiseIdentificationTrainer_debug", 2, 2),
-    ("clean_only", "nnUNetTrainer_NLdebug", 3, 3),
+    ("clean_only", "nnUNetTrainer_debug", 3, 3),
 ])
 def test_end_to_end_through_nnunet(nnunet_env, method, trainer, dim, num_classes, tmp_path):
     """Plan, preprocess, train (a few iterations) and predict through nnU-Net, then check the outcome on disk."""
@@ -608,7 +608,7 @@ def test_revision_moves_labels_closer_to_truth(nnunet_env, tmp_path, monkeypatch
     ext.mkdir()
     (ext / "revision_test_trainers.py").write_text(
         "from nnunet_noisylabels.trainers.budget import BudgetMixin\n"
-        "from nnunet_noisylabels.trainers.noise_identification import NoiseIdentificationTrainer\n\n\n"
+        "from nnunet_noisylabels.revision.nin.trainer import NoiseIdentificationTrainer\n\n\n"
         "class NoiseIdentificationTrainer_revtest(BudgetMixin, NoiseIdentificationTrainer):\n"
         "    budget_epochs = 2\n    budget_iterations = 20\n    budget_val_iterations = 1\n")
     monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([str(ext), os.environ["nnUNet_extTrainer"]]))
@@ -626,7 +626,7 @@ def test_revision_moves_labels_closer_to_truth(nnunet_env, tmp_path, monkeypatch
 
 # ------------------------------------------------------------------------------------------------ consistency gate
 def test_relative_change_golden():
-    from nnunet_noisylabels.preprocessing.consistency import relative_change
+    from nnunet_noisylabels.revision.consistency import relative_change
 
     imp = np.array([[0, 1, 1, 0], [0, 1, 2, 0]])
     rev = np.array([[0, 1, 0, 0], [1, 1, 1, 0]])
@@ -643,7 +643,7 @@ def rel_close(a, b):
 
 
 def test_consistent_cases_keeps_only_a_group_that_stands_apart():
-    from nnunet_noisylabels.preprocessing.consistency import consistent_cases
+    from nnunet_noisylabels.revision.consistency import consistent_cases
 
     rng = np.random.default_rng(0)
     # 30% untouched labels (the model changes ~3% of them), 70% corrupted (~35% changed)
@@ -847,13 +847,13 @@ def test_ensemble_end_to_end_through_nnunet_and_reuse(nnunet_env):
     raw = Path(nnunet_env["nnUNet_raw"])
     ds, truth = make_dataset(raw, dim=2, n_cases=5, n_clean=2, name="Dataset131_Ens")
     assert main(["-d", "131", "--method", "ensemble", "-tr", "NoiseIdentificationTrainer_debug", "--clean_only_tr",
-                 "nnUNetTrainer_NLdebug", "-device", "cpu", "--no_pbar", "--no_report"]) == 0
+                 "nnUNetTrainer_debug", "-device", "cpu", "--no_pbar", "--no_report"]) == 0
     manifest = json.loads((ds / "labelsTr_revision.json").read_text())
     assert manifest["aux_dataset"] == ["Dataset500_EnsNIN", "Dataset501_EnsNLclean"]
     members = manifest["model"]["members"]
     assert 0.0 <= manifest["model"]["member_agreement_dice"]["c1"] <= 1.0
     assert members["nin"]["trainer"] == "NoiseIdentificationTrainer_debug"
-    assert members["clean_only"]["trainer"] == "nnUNetTrainer_NLdebug"
+    assert members["clean_only"]["trainer"] == "nnUNetTrainer_debug"
     assert manifest["noise_maps_from"].startswith("network")  # from the noise identification member's branches
     for i in range(5):
         lab = _read(ds / "labelsTr" / f"toy_{i:03d}.png")
@@ -1029,7 +1029,7 @@ def test_realignment_rounds_through_nnunet(nnunet_env, monkeypatch):
     so the test does not hang on what a few training iterations learn)."""
     import torch
 
-    from nnunet_noisylabels.preprocessing import realign
+    from nnunet_noisylabels.revision import realign
 
     torch.set_num_threads(1)
     raw = Path(nnunet_env["nnUNet_raw"])

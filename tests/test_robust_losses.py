@@ -7,7 +7,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from nnunet_noisylabels.losses.robust import (
+from nnunet_noisylabels.baselines.losses import (
     GeneralizedCrossEntropyLoss,
     NoiseRobustDiceLoss,
     SLSRCrossEntropyLoss,

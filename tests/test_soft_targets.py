@@ -5,7 +5,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from nnunet_noisylabels.losses.soft_targets import (SoftDiceCELoss, boundary_smoothed_targets, one_hot,
+from nnunet_noisylabels.robust.soft_targets import (SoftDiceCELoss, boundary_smoothed_targets, one_hot,
                                                     peer_disagreement_weight, sigmoid_rampup, soft_cross_entropy,
                                                     soften_targets)
 

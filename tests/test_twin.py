@@ -6,7 +6,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from nnunet_noisylabels.networks.twin import TwinNetwork, mean_outputs, split_member_state_dicts
+from nnunet_noisylabels.robust.twin import TwinNetwork, mean_outputs, split_member_state_dicts
 
 
 def _tiny_unet(deep_supervision: bool = True):
@@ -96,7 +96,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from nnunet_noisylabels.losses.soft_targets import soft_cross_entropy, soften_targets
+    from nnunet_noisylabels.robust.soft_targets import soft_cross_entropy, soften_targets
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

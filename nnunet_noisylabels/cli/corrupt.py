@@ -1,6 +1,6 @@
 """``nnUNetv2_nl_corrupt``: write a noisy-label copy of a clean nnU-Net raw dataset.
 
-Parses arguments and calls :func:`nnunet_noisylabels.preprocessing.corrupt_dataset.corrupt_dataset`.
+Parses arguments and calls :func:`nnunet_noisylabels.corruption.dataset.corrupt_dataset`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nnunet_noisylabels.preprocessing.corruption import ALL_NOISE_TYPES, BETA_TYPES, NOISE_FUNCTIONS
+from nnunet_noisylabels.corruption.noise import ALL_NOISE_TYPES, BETA_TYPES, NOISE_FUNCTIONS
 
 EPILOG = """\
 parameters (--param key=value; a range is low,high and is sampled per case and class):
@@ -136,7 +136,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
-    from nnunet_noisylabels.preprocessing.corrupt_dataset import MANIFEST_NAME, corrupt_dataset
+    from nnunet_noisylabels.corruption.dataset import MANIFEST_NAME, corrupt_dataset
 
     args = get_parser().parse_args(argv)
     try:

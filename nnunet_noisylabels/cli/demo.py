@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=15, help="iterations per epoch (default: 15)")
     args = parser.parse_args(argv)
 
-    from nnunet_noisylabels.evaluation.segmentation import evaluate_folder
-    from nnunet_noisylabels.utilities.raw_dataset import load_dataset_json
-    from nnunet_noisylabels.utilities.synthetic import write_synthetic_dataset
+    from nnunet_noisylabels.common.evaluation import evaluate_folder
+    from nnunet_noisylabels.common.raw_dataset import load_dataset_json
+    from nnunet_noisylabels.common.synthetic import write_synthetic_dataset
 
     out = Path(args.output).resolve()
     marker = out / ".nnunet_noisylabels_demo"
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dj = load_dataset_json(source)
     results = {}
-    for step, (ds, trainer, what) in enumerate([(NOISY_ID, "nnUNetTrainer_NLbudget", "plain nnU-Net, imperfect labels"),
+    for step, (ds, trainer, what) in enumerate([(NOISY_ID, "nnUNetTrainer_budget", "plain nnU-Net, imperfect labels"),
                                                 (REVISED_ID, "NoiseRobustTrainer_budget",
                                                  "NoiseRobustTrainer, revised labels")], start=4):
         print(f"[{step}/5] {what}: plan, preprocess, train ({args.epochs}x{args.iterations} iterations), predict")

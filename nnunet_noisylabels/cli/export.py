@@ -1,6 +1,6 @@
 """``nnUNetv2_nl_export``: turn a NoiseRobustTrainer model folder into one that stock nnU-Net runs without the plugin.
 
-A NoiseRobustTrainer checkpoint holds a :class:`~nnunet_noisylabels.networks.twin.TwinNetwork` whose eval output is
+A NoiseRobustTrainer checkpoint holds a :class:`~nnunet_noisylabels.robust.twin.TwinNetwork` whose eval output is
 the mean logits of its members. Stock nnU-Net builds one plain network per checkpoint and averages the logits of all
 folds it is given, so the export writes each member as a plain ``nnUNetTrainer`` checkpoint:
 
@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnunet_noisylabels.utilities.raw_dataset import make_temp_dir
+from nnunet_noisylabels.common.raw_dataset import make_temp_dir
 
 STOCK_TRAINER = "nnUNetTrainer"
 COPIED_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -140,7 +140,7 @@ def export_model_folder(model_folder: str | os.PathLike, output_folder: str | os
     """
     import torch
 
-    from nnunet_noisylabels.networks.twin import split_member_state_dicts
+    from nnunet_noisylabels.robust.twin import split_member_state_dicts
 
     for name in ("plans.json", "dataset.json"):
         if not (Path(model_folder) / name).is_file():

@@ -28,14 +28,14 @@ from os.path import basename, isdir, isfile, join
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_noisylabels.preprocessing.label_issues import (
+from nnunet_noisylabels.baselines.label_issues import (
     METHODS,
     ClassThresholds,
     case_quality,
     find_label_issues,
     rank_cases,
 )
-from nnunet_noisylabels.utilities.raw_dataset import (load_json, read_label, write_json_atomic, write_label_atomic,
+from nnunet_noisylabels.common.raw_dataset import (load_json, read_label, write_json_atomic, write_label_atomic,
                                                       write_text_atomic)
 
 COLUMNS = ("rank", "case", "label_quality", "num_issues", "issue_fraction", "issue_fraction_roi",
@@ -181,7 +181,7 @@ def find_issues(results_folder: str, labels_folder: str | None = None, output_fo
         output_folder: default ``$nnUNet_preprocessed/<dataset>/label_issues``.
         folds: folds to read (default: every ``fold_<n>`` present, which must then cover every training case; see
             :func:`check_coverage`).
-        method: see :func:`nnunet_noisylabels.preprocessing.label_issues.find_label_issues`.
+        method: see :func:`nnunet_noisylabels.baselines.label_issues.find_label_issues`.
         show_progress: tqdm progress bars.
 
     Returns:

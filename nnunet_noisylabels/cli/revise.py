@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_noisylabels.preprocessing.revision import DEFAULT_TRAINERS, METHODS
+from nnunet_noisylabels.revision.api import DEFAULT_TRAINERS, METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,19 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run :func:`~nnunet_noisylabels.preprocessing.revision.revise_dataset`.
+    """Parse ``argv`` and run :func:`~nnunet_noisylabels.revision.api.revise_dataset`.
 
     Returns:
         0 on success, 2 on bad input (nothing written), 1 when a later step failed (labelsTr left unchanged, or,
         when only the report failed, the revised labels written and the message saying so).
     """
     args = build_parser().parse_args(argv)
-    from nnunet_noisylabels.preprocessing.revision import RevisionReportError, revise_dataset
+    from nnunet_noisylabels.revision.api import RevisionReportError, revise_dataset
 
     try:
         if args.report_only:
-            from nnunet_noisylabels.evaluation.revision_report import write_revision_report
-            from nnunet_noisylabels.preprocessing.revision import resolve_dataset_folder
+            from nnunet_noisylabels.revision.report import write_revision_report
+            from nnunet_noisylabels.revision.api import resolve_dataset_folder
 
             folder = resolve_dataset_folder(args.d)
             summary = write_revision_report(folder, truth_folder=args.truth, progress=not args.no_pbar)

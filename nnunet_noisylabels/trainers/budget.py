@@ -19,7 +19,6 @@ import math
 import os
 
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 SKIP_FINAL_VALIDATION_ENV = "nnUNet_nl_skip_final_validation"
 BUDGET_ENV = {"num_epochs": "nnUNet_nl_epochs", "num_iterations_per_epoch": "nnUNet_nl_iterations",
@@ -56,6 +55,8 @@ class BudgetMixin:
     budget_iterations: int | None = None
     budget_val_iterations: int | None = None
     budget_from_env: bool = False
+    # further attributes to set once the trainer's __init__ has run (e.g. a debug variant's schedule)
+    budget_overrides: dict = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -68,6 +69,8 @@ class BudgetMixin:
                 setattr(self, attr, _positive_int(BUDGET_ENV[attr], os.environ[BUDGET_ENV[attr]]))
         # short runs: checkpoint_latest.pth about ten times per run, so that --c resumes from a recent epoch
         self.save_every = checkpoint_interval(self.num_epochs, self.save_every)
+        for attr, value in self.budget_overrides.items():
+            setattr(self, attr, value)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         skip = os.environ.get(SKIP_FINAL_VALIDATION_ENV, "").lower() in ("1", "true", "yes")
@@ -76,17 +79,3 @@ class BudgetMixin:
                                    f"validates on the training cases).")
             return
         super().perform_actual_validation(save_probabilities)
-
-
-class nnUNetTrainer_NLdebug(BudgetMixin, nnUNetTrainer):
-    """Plain nnU-Net with a tiny budget (4 epochs x 15 iterations), for the test suite and smoke tests."""
-
-    budget_epochs = 4
-    budget_iterations = 15
-    budget_val_iterations = 2
-
-
-class nnUNetTrainer_NLbudget(BudgetMixin, nnUNetTrainer):
-    """Plain nnU-Net whose budget comes from ``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations`` (benchmarks)."""
-
-    budget_from_env = True

@@ -11,10 +11,10 @@ Outputs:
 - train mode: ``{'revised': ..., 'over': ..., 'under': ...}``, each a (B, K, X, Y[, Z]) tensor, or a list of them
   (highest resolution first) when deep supervision is on;
 - eval mode, ``eval_output='fused'`` (default): one (B, K, X, Y[, Z]) tensor of log-probabilities of the fused
-  revised label (:func:`nnunet_noisylabels.losses.noise_identification.fuse_logits` with ``fusion``), a list per
+  revised label (:func:`nnunet_noisylabels.revision.nin.fusion.fuse_logits` with ``fusion``), a list per
   scale under deep supervision. This is what nnU-Net's predictor and validation consume;
 - eval mode, ``eval_output='branches'``: (B, 3K, X, Y[, Z]) raw logits [K revised, K over, K under] (see
-  :func:`~nnunet_noisylabels.losses.noise_identification.split_branches`), for noise maps.
+  :func:`~nnunet_noisylabels.revision.nin.fusion.split_branches`), for noise maps.
 
 Method: Huang et al., Neural Networks 181 (2024) 106850 (our interpretation, see ``losses/noise_identification.py``).
 """
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from nnunet_noisylabels.losses.noise_identification import (
+from nnunet_noisylabels.revision.nin.fusion import (
     BRANCHES,
     FUSION_RULES,
     downsample_label,

@@ -1,7 +1,7 @@
 """``NoiseIdentificationTrainer``: trains the three-branch noise identification network on clean/imperfect pairs.
 
 It runs on the auxiliary dataset built by ``nnUNetv2_nl_revise`` (see
-``nnunet_noisylabels/preprocessing/aux_dataset.py``): image channels followed by the imperfect label as K-1
+``nnunet_noisylabels/revision/aux_dataset.py``): image channels followed by the imperfect label as K-1
 ``noNorm`` channels, clean labels as targets. nnU-Net plans, preprocesses and augments it as usual; the spatial
 transforms move image and label channels together. Two protections keep the label channels binary:
 
@@ -15,7 +15,7 @@ In eval mode the network returns the log-probabilities of the fused revision, so
 ``nnUNetv2_predict -tr NoiseIdentificationTrainer`` write revised masks directly.
 
 Method: Huang et al., Neural Networks 181 (2024) 106850 (our interpretation; see
-``nnunet_noisylabels/losses/noise_identification.py``).
+``nnunet_noisylabels/revision/nin/fusion.py``).
 """
 from __future__ import annotations
 
@@ -33,18 +33,17 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_noisylabels.losses.noise_identification import (
+from nnunet_noisylabels.revision.nin.fusion import (
     NoiseIdentificationLoss,
     imperfect_label_from_channels,
     misregister_label_channels,
     perturb_label_channels,
 )
-from nnunet_noisylabels.networks.noise_identification import (
+from nnunet_noisylabels.revision.nin.network import (
     NoiseIdentificationNetwork,
     build_noise_identification_network,
 )
-from nnunet_noisylabels.preprocessing.aux_dataset import label_channel_indices
-from nnunet_noisylabels.trainers.budget import BudgetMixin
+from nnunet_noisylabels.revision.aux_dataset import label_channel_indices
 
 
 class ImageChannelsOnlyTransform(BasicTransform):
@@ -108,7 +107,7 @@ def predict_branch_logits(predictor, data: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (3K, X, Y[, Z]) float logits [K revised, K over, K under] in the preprocessed geometry; split them with
-        ``nnunet_noisylabels.losses.noise_identification.split_branches``.
+        ``nnunet_noisylabels.revision.nin.fusion.split_branches``.
     """
     net = predictor.network._orig_mod if isinstance(predictor.network, OptimizedModule) else predictor.network
     if not isinstance(net, NoiseIdentificationNetwork):
@@ -284,33 +283,3 @@ class NoiseIdentificationTrainer_labelShift(NoiseIdentificationTrainer):
 
     label_shift_probability = 1 / 3
     label_shift_per_class_probability = 0.5
-
-
-class NoiseIdentificationTrainer_labelDrop_budget(BudgetMixin, NoiseIdentificationTrainer_labelDrop):
-    budget_from_env = True
-
-
-class NoiseIdentificationTrainer_labelMorph_budget(BudgetMixin, NoiseIdentificationTrainer_labelMorph):
-    budget_from_env = True
-
-
-class NoiseIdentificationTrainer_labelShift_budget(BudgetMixin, NoiseIdentificationTrainer_labelShift):
-    budget_from_env = True
-
-
-class NoiseIdentificationTrainer_5epochs(BudgetMixin, NoiseIdentificationTrainer):
-    budget_epochs = 5
-
-
-class NoiseIdentificationTrainer_debug(BudgetMixin, NoiseIdentificationTrainer):
-    """A few iterations only (2 epochs x 3): for tests of the plumbing, not of quality."""
-
-    budget_epochs = 2
-    budget_iterations = 3
-    budget_val_iterations = 2
-
-
-class NoiseIdentificationTrainer_budget(BudgetMixin, NoiseIdentificationTrainer):
-    """Budget from ``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations`` / ``nnUNet_nl_val_iterations`` (benchmarks)."""
-
-    budget_from_env = True

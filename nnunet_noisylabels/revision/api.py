@@ -33,22 +33,21 @@ import hashlib
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_noisylabels.preprocessing.aux_dataset import (
+from nnunet_noisylabels.revision.aux_dataset import (
     aux_dataset_json_keys,
     imperfect_label_to_channels,
     label_channel_names,
 )
-from nnunet_noisylabels.evaluation.metrics import dice
-from nnunet_noisylabels.preprocessing.consistency import consistent_cases, relative_change
-from nnunet_noisylabels.utilities import raw_dataset, safe_fs
-from nnunet_noisylabels.utilities.raw_dataset import RawDatasetError
+from nnunet_noisylabels.common.metrics import dice
+from nnunet_noisylabels.revision.consistency import consistent_cases, relative_change
+from nnunet_noisylabels.common import raw_dataset, safe_fs
+from nnunet_noisylabels.common.raw_dataset import RawDatasetError
 
 LABELS_DIR = "labelsTr"
 CLEAN_DIR = "labelsTr_clean"
@@ -475,7 +474,7 @@ def build_aux_dataset(inputs: RevisionInputs, aux_folder: str | os.PathLike, met
     """Write the auxiliary dataset the revision model trains and predicts on (replacing an older one of the same
     source there; see :func:`check_aux_folder_replaceable`).
 
-    Layout (see :mod:`nnunet_noisylabels.preprocessing.aux_dataset`): ``imagesTr``/``labelsTr`` = the clean pairs
+    Layout (see :mod:`nnunet_noisylabels.revision.aux_dataset`): ``imagesTr``/``labelsTr`` = the clean pairs
     (input: image channels, plus for ``method='nin'`` the imperfect label as K-1 binary ``noNorm`` channels; target:
     the clean label), ``imagesTs`` = the cases to revise in the same channel layout. Its dataset.json, which says
     which source it belongs to, is written first, so that a half-built folder is still known as ours.
@@ -752,7 +751,7 @@ def realign_imperfect_inputs(inputs: RevisionInputs, aux: AuxDataset, prediction
         ``(auxiliary dataset of the realigned cases or None if none moved, {case: {class: realignment info}})`` for
         the moved cases.
     """
-    from nnunet_noisylabels.preprocessing.realign import realign_label_map
+    from nnunet_noisylabels.revision.realign import realign_label_map
 
     fe, K = inputs.file_ending, inputs.num_classes
     rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
@@ -1153,7 +1152,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
         report: write the revision report (JSON, CSV, Markdown, PNG overlays).
         keep_aux: keep the auxiliary dataset after the run (it holds the trained model's inputs).
         keep_consistent: keep the imperfect label of the cases the model agrees with (case-level gate, see
-            :mod:`nnunet_noisylabels.preprocessing.consistency`); it acts only when such a group stands apart.
+            :mod:`nnunet_noisylabels.revision.consistency`); it acts only when such a group stands apart.
         consistency_ratio: the gate's ``min_ratio``.
         use_mirroring: test-time mirroring of the revision model's predictions (nnU-Net's default: on).
         realign: misplaced labels (method 'nin', and the network of 'ensemble'): move each class of the imperfect
@@ -1323,7 +1322,7 @@ def revise_dataset(dataset: str | int | os.PathLike, method: str = "nin", output
     log(f"Revised {len(inputs.revise_ids)} label(s) in {target_root / LABELS_DIR}; originals in "
         f"{target_root / ORIGINALS_DIR}; manifest {target_root / MANIFEST_NAME}.")
     if report:
-        from nnunet_noisylabels.evaluation.revision_report import write_revision_report
+        from nnunet_noisylabels.revision.report import write_revision_report
 
         try:
             summary = write_revision_report(target_root, truth_folder=truth_folder, progress=progress)

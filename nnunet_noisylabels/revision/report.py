@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_noisylabels.evaluation.metrics import dice, hd95
-from nnunet_noisylabels.preprocessing.revision import (
+from nnunet_noisylabels.common.metrics import dice, hd95
+from nnunet_noisylabels.revision.api import (
     MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR, _progress, noise_map, noise_statistics)
-from nnunet_noisylabels.utilities.raw_dataset import load_json, reader_writer, spatial_view, write_json_atomic
-from nnunet_noisylabels.utilities.safe_fs import refuse_symlinks
+from nnunet_noisylabels.common.raw_dataset import load_json, reader_writer, spatial_view, write_json_atomic
+from nnunet_noisylabels.common.safe_fs import refuse_symlinks
 
 
 def _finite_mean(values) -> float | None:

@@ -27,14 +27,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nnunet_noisylabels.evaluation.metrics import dice
-from nnunet_noisylabels.preprocessing.corruption import (BETA_TYPES, NOISE_FUNCTIONS, corrupt_label_map,
+from nnunet_noisylabels.common.metrics import dice
+from nnunet_noisylabels.corruption.noise import (BETA_TYPES, NOISE_FUNCTIONS, corrupt_label_map,
                                                          validate_noise_params)
-from nnunet_noisylabels.utilities.raw_dataset import (CLEAN_LABELS_DIR, RawDatasetError, case_dimensionality,
+from nnunet_noisylabels.common.raw_dataset import (CLEAN_LABELS_DIR, RawDatasetError, case_dimensionality,
                                                        check_case, image_files, load_dataset_json, load_json,
                                                        make_temp_dir, resolve_raw_dataset, training_case_ids,
                                                        write_json_atomic, write_label_atomic)
-from nnunet_noisylabels.utilities.safe_fs import UnsafeLayoutError, refuse_symlinks
+from nnunet_noisylabels.common.safe_fs import refuse_symlinks
 
 MANIFEST_NAME = "corruption_manifest.json"
 CLEAN_LABELS_SUBDIR = CLEAN_LABELS_DIR
@@ -227,8 +227,8 @@ def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mappi
     Args:
         source: dataset id or name in ``nnUNet_raw`` (never modified).
         target_id: id of the new dataset.
-        noise: a type of :mod:`~nnunet_noisylabels.preprocessing.corruption` (incl. 'mixture', 'alpha_beta').
-        params: parameters of the noise (see :func:`~nnunet_noisylabels.preprocessing.corruption.corrupt_label_map`).
+        noise: a type of :mod:`~nnunet_noisylabels.corruption.noise` (incl. 'mixture', 'alpha_beta').
+        params: parameters of the noise (see :func:`~nnunet_noisylabels.corruption.noise.corrupt_label_map`).
         name: name of the new dataset (default ``<source name>_<noise>``).
         alpha: fraction of training cases that get corrupted (seeded); the others keep their clean label.
         clean_fraction / clean_count: size of the clean subset copied to ``labelsTr_clean/`` (seeded).

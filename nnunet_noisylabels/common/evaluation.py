@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nnunet_noisylabels.utilities.raw_dataset import reader_writer
+from nnunet_noisylabels.common.raw_dataset import reader_writer
 
 
 def evaluate_folder(folder_ref: str | os.PathLike, folder_pred: str | os.PathLike, dataset_json: dict,

@@ -6,11 +6,11 @@ planning, augmentation, deep supervision, validation and inference. Use them lik
     nnUNetv2_train DATASET CONFIG FOLD -tr nnUNetTrainerGCE
 
 with ``nnUNet_extTrainer`` pointing at ``nnunet_noisylabels/nnunet_ext``. The losses themselves are plain torch
-(:mod:`nnunet_noisylabels.losses.robust`). All of them need label-based (softmax) training; datasets with regions
+(:mod:`nnunet_noisylabels.baselines.losses`). All of them need label-based (softmax) training; datasets with regions
 are refused.
 
-``nnUNetTrainerCoTeaching`` trains two networks (the plugin's :class:`~nnunet_noisylabels.networks.twin.TwinNetwork`,
-shared with NoiseRobustTrainer) with pixel-wise small-loss selection (:mod:`nnunet_noisylabels.losses.coteaching`).
+``nnUNetTrainerCoTeaching`` trains two networks (the plugin's :class:`~nnunet_noisylabels.robust.twin.TwinNetwork`,
+shared with NoiseRobustTrainer) with pixel-wise small-loss selection (:mod:`nnunet_noisylabels.baselines.coteaching`).
 """
 from __future__ import annotations
 
@@ -29,14 +29,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_noisylabels.losses.coteaching import coteaching_selection, forget_rate_schedule, voxel_cross_entropy
-from nnunet_noisylabels.losses.robust import (
+from nnunet_noisylabels.baselines.coteaching import coteaching_selection, forget_rate_schedule, voxel_cross_entropy
+from nnunet_noisylabels.baselines.losses import (
     GeneralizedCrossEntropyLoss,
     NoiseRobustDiceLoss,
     SLSRCrossEntropyLoss,
     soft_cross_entropy,
 )
-from nnunet_noisylabels.trainers.budget import BudgetMixin, checkpoint_interval
 
 #: environment variable naming the folder of issue maps for nnUNetTrainerCLSLR (default: see that class)
 ISSUE_MAPS_ENV = "nnUNet_nl_issue_maps"
@@ -270,7 +269,7 @@ class nnUNetTrainerCoTeaching(nnUNetTrainer):
     is where network B is trained (CE, plus nnU-Net's soft Dice restricted to those voxels), and vice versa. The
     forget rate ramps linearly from 0 to ``coteaching_forget_rate`` over ``coteaching_num_gradual`` epochs.
 
-    The two networks live in one :class:`~nnunet_noisylabels.networks.twin.TwinNetwork` (different random
+    The two networks live in one :class:`~nnunet_noisylabels.robust.twin.TwinNetwork` (different random
     initializations; eval mode returns their mean logits), so checkpoints, ``--val`` and ``nnUNetv2_predict`` work
     unchanged and inference averages both networks.
 
@@ -300,7 +299,7 @@ class nnUNetTrainerCoTeaching(nnUNetTrainer):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """Two plan networks with different initializations in one TwinNetwork (also what the predictor builds)."""
-        from nnunet_noisylabels.networks.twin import TwinNetwork
+        from nnunet_noisylabels.robust.twin import TwinNetwork
 
         seeds = cls.network_init_seeds
         if seeds is None:
@@ -379,53 +378,3 @@ class nnUNetTrainerCoTeaching(nnUNetTrainer):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.print_to_log_file(f"co-teaching forget rate {self.current_forget_rate():.4f}")
-
-
-class nnUNetTrainerGCE_5epochs(nnUNetTrainerGCE):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
-
-
-class nnUNetTrainerNRDice_5epochs(nnUNetTrainerNRDice):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
-
-
-class nnUNetTrainerCLSLR_5epochs(nnUNetTrainerCLSLR):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
-
-
-# budget variants: epochs and iterations from nnUNet_nl_epochs / nnUNet_nl_iterations / nnUNet_nl_val_iterations, so
-# that every arm of a benchmark trains for exactly the same budget (see trainers/budget.py)
-class nnUNetTrainerGCE_NLbudget(BudgetMixin, nnUNetTrainerGCE):
-    budget_from_env = True
-
-
-class nnUNetTrainerNRDice_NLbudget(BudgetMixin, nnUNetTrainerNRDice):
-    budget_from_env = True
-
-
-class nnUNetTrainerCLSLR_NLbudget(BudgetMixin, nnUNetTrainerCLSLR):
-    budget_from_env = True
-
-
-class nnUNetTrainerCoTeaching_5epochs(nnUNetTrainerCoTeaching):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-        self.save_every = checkpoint_interval(self.num_epochs, self.save_every)  # a checkpoint_latest for --c
-
-
-class nnUNetTrainerCoTeaching_NLbudget(BudgetMixin, nnUNetTrainerCoTeaching):
-    budget_from_env = True

@@ -12,7 +12,7 @@ already agrees with, from the revision itself and without any threshold tuned on
 3. the low group is kept as it is only if the groups are clearly apart: the high group's mean change is at least
    ``min_ratio`` times the low group's (a unimodal spread of scores, as when every label is corrupted to a similar
    degree, gives ratios near 1.5-2 and no case is kept);
-4. the kept group is split again, as long as it splits clearly: with three kinds of labels (e.g. untouched,
+4. the kept group is split again, as it splits clearly: with three kinds of labels (e.g. untouched,
    dilated, moved) the first split can fall between the second and the third, and the dilated labels, which the
    model does change, would be kept with the untouched ones. Within one kind the ratio alone is no guard (the
    scores of untouched labels, skewed towards 0, split at ratios of 3-5 by chance), so a further split must also

@@ -3,7 +3,7 @@
 Phase 2 of Huang et al., "Toward high-quality pseudo masks from noisy or weak annotations for robust medical image
 segmentation", Neural Networks 181 (2024) 106850. Two networks are built from the same plans with different seeds
 and trained side by side on the same batches; each one learns from soft targets derived from the (pseudo) labels
-and the detached prediction of its peer (:func:`nnunet_noisylabels.losses.soft_targets.soften_targets`;
+and the detached prediction of its peer (:func:`nnunet_noisylabels.robust.soft_targets.soften_targets`;
 the label part is computed once per batch and shared by both networks).
 
 Usage: ``nnUNetv2_train DATASET CONFIG FOLD -tr NoiseRobustTrainer`` (with ``nnUNet_extTrainer`` pointing at
@@ -33,9 +33,8 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_noisylabels.losses.soft_targets import SoftDiceCELoss, label_targets, mix_peer, sigmoid_rampup
-from nnunet_noisylabels.networks.twin import TwinNetwork, mean_outputs
-from nnunet_noisylabels.trainers.budget import BudgetMixin
+from nnunet_noisylabels.robust.soft_targets import SoftDiceCELoss, label_targets, mix_peer, sigmoid_rampup
+from nnunet_noisylabels.robust.twin import TwinNetwork, mean_outputs
 
 
 class NoiseRobustTrainer(nnUNetTrainer):
@@ -346,44 +345,3 @@ class NoiseRobustTrainer_singleNet(NoiseRobustTrainer):
     """Ablation: one network with softening; its peer is its own detached prediction (self-softening)."""
 
     num_networks = 1
-
-
-class NoiseRobustTrainer_debug(BudgetMixin, NoiseRobustTrainer):
-    """Tiny budget for tests (3 epochs x 8 iterations), peer term from the start, fixed seeds."""
-
-    budget_epochs = 3
-    budget_iterations = 8
-    budget_val_iterations = 2
-    network_init_seeds = (1, 2)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.softening_rampup_fraction = 0.0
-        self.softening_confidence_threshold = 0.5
-
-
-class NoiseRobustTrainer_5epochs(BudgetMixin, NoiseRobustTrainer):
-    budget_epochs = 5
-
-
-class NoiseRobustTrainer_50epochs(BudgetMixin, NoiseRobustTrainer):
-    budget_epochs = 50
-
-
-class NoiseRobustTrainer_100epochs(BudgetMixin, NoiseRobustTrainer):
-    budget_epochs = 100
-
-
-class NoiseRobustTrainer_budget(BudgetMixin, NoiseRobustTrainer):
-    """Budget from ``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations`` (benchmarks; see trainers/budget.py)."""
-
-    budget_from_env = True
-
-
-class NoiseRobustTrainer_noSoftening_budget(BudgetMixin, NoiseRobustTrainer_noSoftening):
-    budget_from_env = True
-
-
-class NoiseRobustTrainer_singleNet_budget(BudgetMixin, NoiseRobustTrainer_singleNet):
-    budget_from_env = True

@@ -1,6 +1,6 @@
 """Targets, losses and the revision (fusion) rule of the three-branch noise identification network.
 
-The network (``nnunet_noisylabels.networks.noise_identification``) sees an image plus its imperfect label and has
+The network (``nnunet_noisylabels.revision.nin.network``) sees an image plus its imperfect label and has
 three heads, each with K channels (K classes including background):
 
 - ``revised``: logits of the clean K-class segmentation (softmax over channels);

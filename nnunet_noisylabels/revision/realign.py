@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_noisylabels.evaluation.metrics import dice
+from nnunet_noisylabels.common.metrics import dice
 
 
 def _to_image(mask: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
@@ -96,7 +96,7 @@ def realign_label_map(imperfect: np.ndarray, reference: np.ndarray, classes: Seq
         merged back as in the corruption toolkit: a voxel still claimed by its original class keeps it, other
         claimed voxels take the highest claiming label, vacated voxels become background.
     """
-    from nnunet_noisylabels.preprocessing.corruption import merge_class_masks
+    from nnunet_noisylabels.corruption.noise import merge_class_masks
 
     if imperfect.shape != reference.shape:
         raise ValueError(f"shape mismatch: imperfect {imperfect.shape} vs reference {reference.shape}")

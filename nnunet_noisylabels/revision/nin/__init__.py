@@ -1,0 +1,1 @@
+"""The noise identification network: network, loss and fusion rules, label-input augmentation, nnU-Net trainer."""
