@@ -94,7 +94,7 @@ def run_synthetic(kind: str, num_classes: int, epochs: int, iters: int, n_train:
     """Build a synthetic auxiliary dataset with planted noise, train through nnU-Net, evaluate every rule."""
     from skimage.io import imsave
 
-    from test_noise_identification import shrink_plans, write_aux_dataset
+    from test_nin_trainer_nnunet import shrink_plans, write_aux_dataset
 
     raw = workdir / "raw"
     name = "Dataset902_NINbench"

@@ -130,3 +130,14 @@ def tree_state(*roots: Path) -> dict[str, str]:
                 else:
                     state[key] = f"{hashlib.sha256(p.read_bytes()).hexdigest()} {mode}"
     return state
+
+
+@pytest.fixture
+def toy2d(tmp_path, monkeypatch):
+    """A 2D revision dataset (imperfect labels, clean subset) in tmp_path/raw, and its true labels."""
+    from revision_support import make_dataset
+
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    (tmp_path / "raw").mkdir()
+    ds, truth = make_dataset(tmp_path / "raw")
+    return ds, truth

@@ -5,6 +5,7 @@ import pytest
 from scipy import ndimage
 
 from nnunet_noisylabels.common.metrics import dice
+from nnunet_noisylabels.corruption import mask_ops
 from nnunet_noisylabels.corruption import noise as C
 
 
@@ -41,7 +42,7 @@ def test_dilation_erosion_golden_radius():
     m = np.zeros((21, 21), bool)
     m[10, 10] = True
     d, _ = C.dilate_mask(m, np.random.default_rng(0), radius=3)
-    assert d.sum() == len(C._ball_offsets(3, 2)) == 29  # Euclidean disk of radius 3
+    assert d.sum() == len(mask_ops._ball_offsets(3, 2)) == 29  # Euclidean disk of radius 3
     sq = np.zeros((20, 20), bool)
     sq[5:15, 5:15] = True
     e, _ = C.erode_mask(sq, np.random.default_rng(0), radius=2)
@@ -135,7 +136,7 @@ def test_edge_noise_changes_only_near_boundary():
     assert info["n_added"] > 0 and info["n_removed"] > 0
     changed = out ^ m
     assert changed.any()
-    dist_to_boundary = ndimage.distance_transform_edt(~C._inner_boundary(m))
+    dist_to_boundary = ndimage.distance_transform_edt(~mask_ops._inner_boundary(m))
     assert dist_to_boundary[changed].max() <= 5 + 1e-6
     add_only, _ = C.edge_noise_mask(m, np.random.default_rng(0), p_add=1.0, radius=3)
     assert not (m & ~add_only).any() and (add_only & ~m).any()
@@ -149,7 +150,7 @@ def test_markov_preference_direction():
     assert shrink.sum() < 0.8 * m.sum()
     # theta2=0: no boundary change; theta3 flips are smoothed away by blur+threshold away from the boundary
     same, _ = C.markov_mask(m, np.random.default_rng(0), T=50, theta1=0.5, theta2=0.0, theta3=0.2, sigma=2.0)
-    far = ndimage.distance_transform_edt(~C._inner_boundary(m)) > 3
+    far = ndimage.distance_transform_edt(~mask_ops._inner_boundary(m)) > 3
     assert (same == m)[far].mean() > 0.995
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import tree_state
-from nnunet_noisylabels.cli import export as export_cli
 from nnunet_noisylabels.cli.export import main as export_main
+from nnunet_noisylabels.robust import export as export_lib
 
 MODEL = "NoiseRobustTrainer__nnUNetPlans__2d"
 
@@ -168,7 +168,7 @@ def test_failed_replace_keeps_the_previous_export(layout, monkeypatch):
             raise OSError("simulated crash")
         return real_rename(a, b)
 
-    monkeypatch.setattr(export_cli.os, "rename", failing_rename)
+    monkeypatch.setattr(export_lib.os, "rename", failing_rename)
     assert export_main(["-m", str(layout["model"]), "-o", str(out), "--overwrite"]) == 1
     monkeypatch.undo()
     assert calls[0][0] == "export" and calls[0][1].startswith(".export.old-")  # old export renamed aside first

@@ -14,13 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bad_inputs as bad
 import numpy as np
 import pytest
-
-import bad_inputs as bad
 from conftest import REPO_ROOT, tree_state
+
 from nnunet_noisylabels.cli.revise import main
 from nnunet_noisylabels.revision import api as rv
+from nnunet_noisylabels.revision import auxiliary as rv_aux
+from nnunet_noisylabels.revision import inputs as rv_inputs
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
@@ -102,7 +104,7 @@ class CleanStep:
     """Fake model step: 'predicts' each case's label eroded back (the synthetic noise is a 2-voxel dilation), so
     revised labels differ from the imperfect ones."""
 
-    def __call__(self, aux: rv.AuxDataset, out: Path) -> dict:
+    def __call__(self, aux: rv_aux.AuxDataset, out: Path) -> dict:
         from scipy import ndimage
 
         from nnunet_noisylabels.common.raw_dataset import reader_writer
@@ -178,14 +180,15 @@ import os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from nnunet_noisylabels.revision import api as rv
+from nnunet_noisylabels.revision import output as rv_out
 from test_faults_revise import CleanStep
 
-real = rv.swap_in_folder
+real = rv_out.swap_in_folder
 def swap_then_die(tmp, target):
     real(tmp, target)
     if Path(target).name == {die_after!r}:
         os._exit(9)  # SIGKILL-like: no handler, no cleanup
-rv.swap_in_folder = swap_then_die
+rv_out.swap_in_folder = swap_then_die
 rv.revise_dataset({ds!r}, model_step=CleanStep(), progress=False, log=lambda s: None, report=False)
 """
 
@@ -203,7 +206,7 @@ def test_kill_around_the_swap_is_noticed_by_the_rerun(die_after, make_dataset, n
     assert not (ds / "labelsTr_revision.json").exists()
     assert (ds / ".labelsTr_revision.json.pending").is_file()
     labels_now = {p.name: _digest(p) for p in (ds / "labelsTr").iterdir()}
-    done = rv.recover_interrupted_swap(ds)
+    done = rv_inputs.recover_interrupted_swap(ds)
     assert not (ds / ".labelsTr_revision.json.pending").exists()
     if die_after == "labelsTr":
         assert labels_now != imperfect

@@ -1,6 +1,6 @@
 """Rigid realignment of misplaced imperfect labels (:mod:`nnunet_noisylabels.revision.realign`): the
 registration and the per-class decision. The second prediction pass inside the revision is tested in
-test_revision.py."""
+test_revision_ensemble_realign.py."""
 from __future__ import annotations
 
 import numpy as np

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_noisylabels.revision.api import DEFAULT_TRAINERS, METHODS
+from nnunet_noisylabels.revision.base import DEFAULT_TRAINERS, METHODS, REPORT_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def options_from_args(args: argparse.Namespace):
+    """The :class:`~nnunet_noisylabels.revision.api.RevisionOptions` that the parsed arguments ask for."""
+    from nnunet_noisylabels.revision.api import RevisionOptions
+
+    return RevisionOptions(method=args.method, output_dataset=args.output_dataset, aux_id=args.aux_id, trainer=args.tr,
+                            configuration=args.c, fold=args.f, device=args.device, num_processes=args.np,
+                            model_folder=args.model, clean_only_trainer=args.clean_only_tr,
+                            clean_only_model_folder=args.clean_only_model, save_noise_maps=not args.no_noise_maps,
+                            truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
+                            keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
+                            use_mirroring=not args.disable_tta, realign=args.realign,
+                            realign_min_gain=args.realign_min_gain, realign_rounds=args.realign_rounds,
+                            progress=not args.no_pbar)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run :func:`~nnunet_noisylabels.revision.api.revise_dataset`.
 
@@ -89,27 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         when only the report failed, the revised labels written and the message saying so).
     """
     args = build_parser().parse_args(argv)
-    from nnunet_noisylabels.revision.api import RevisionReportError, revise_dataset
+    from nnunet_noisylabels.revision.api import revise_dataset
+    from nnunet_noisylabels.revision.base import RevisionReportError
+    from nnunet_noisylabels.revision.inputs import resolve_dataset_folder
+    from nnunet_noisylabels.revision.report import write_revision_report
 
     try:
         if args.report_only:
-            from nnunet_noisylabels.revision.report import write_revision_report
-            from nnunet_noisylabels.revision.api import resolve_dataset_folder
-
             folder = resolve_dataset_folder(args.d)
             summary = write_revision_report(folder, truth_folder=args.truth, progress=not args.no_pbar)
-            print(f"Report of {summary['mean']['num_cases']} revised case(s) written to "
-                  f"{folder / 'labelsTr_revision_report'}")
+            print(f"Report of {summary['mean']['num_cases']} revised case(s) written to {folder / REPORT_DIR}")
             return 0
-        revise_dataset(args.d, method=args.method, output_dataset=args.output_dataset, aux_id=args.aux_id,
-                       trainer=args.tr, configuration=args.c, fold=args.f, device=args.device,
-                       num_processes=args.np, model_folder=args.model, clean_only_trainer=args.clean_only_tr,
-                       clean_only_model_folder=args.clean_only_model, save_noise_maps=not args.no_noise_maps,
-                       truth_folder=args.truth, report=not args.no_report, keep_aux=not args.remove_aux,
-                       keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
-                       use_mirroring=not args.disable_tta, realign=args.realign,
-                       realign_min_gain=args.realign_min_gain, realign_rounds=args.realign_rounds,
-                       progress=not args.no_pbar)
+        revise_dataset(args.d, options_from_args(args))
     except RevisionReportError as e:  # after the labels were written: do not claim they were left alone
         print(f"nnUNetv2_nl_revise: {e}", file=sys.stderr)
         return 1

@@ -217,6 +217,35 @@ def target_folder(target_id: int, name: str, overwrite: bool) -> Path:
     return folder
 
 
+def _checked_noise_params(noise: str, params: Mapping[str, Any] | None,
+                          class_params: Mapping[int, Mapping[str, Any]] | None) -> tuple[dict, dict[int, dict]]:
+    """Validate the noise parameters and the per-label overrides; returns them as (plain) dicts with int labels."""
+    params = dict(params or {})
+    validate_noise_params(noise, params)
+    class_params = {int(k): dict(v) for k, v in (class_params or {}).items()}
+    if noise in NOISE_FUNCTIONS:  # composite types are checked per case, once the type is drawn
+        for over in class_params.values():
+            validate_noise_params(noise, {**params, **over})
+    return params, class_params
+
+
+def _checked_labels(src: Path, ds_json: Mapping[str, Any], labels: Sequence[int] | None,
+                    class_params: Mapping[int, Any]) -> list[int]:
+    """The sorted labels to corrupt (default: every foreground label of dataset.json); each must be a foreground
+    label, and ``class_params`` may only name corrupted labels."""
+    all_fg = foreground_labels(ds_json)
+    if labels is None:
+        labels = all_fg
+    bad = sorted(set(int(c) for c in labels) - set(all_fg))
+    if bad:
+        raise ValueError(f"labels {bad} are not foreground labels of {src.name} (dataset.json has {all_fg})")
+    labels = sorted(int(c) for c in labels)
+    if set(class_params) - set(labels):
+        raise ValueError(f"class_params given for labels {sorted(set(class_params) - set(labels))} that are not "
+                         f"corrupted (corrupted labels: {labels})")
+    return labels
+
+
 def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mapping[str, Any] | None = None,
                     name: str | None = None, alpha: float = 1.0, clean_fraction: float | None = None,
                     clean_count: int | None = None, seed: int = 0, copy_images: bool = False,
@@ -242,24 +271,10 @@ def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mappi
     Returns:
         The folder of the new dataset.
     """
-    params = dict(params or {})
-    validate_noise_params(noise, params)
-    class_params = {int(k): dict(v) for k, v in (class_params or {}).items()}
-    if noise in NOISE_FUNCTIONS:  # composite types are checked per case, once the type is drawn
-        for over in class_params.values():
-            validate_noise_params(noise, {**params, **over})
+    params, class_params = _checked_noise_params(noise, params, class_params)
     src = resolve_raw_dataset(source)
     ds_json = load_dataset_json(src)
-    all_fg = foreground_labels(ds_json)
-    if labels is None:
-        labels = all_fg
-    bad = sorted(set(int(c) for c in labels) - set(all_fg))
-    if bad:
-        raise ValueError(f"labels {bad} are not foreground labels of {src.name} (dataset.json has {all_fg})")
-    labels = sorted(int(c) for c in labels)
-    if set(class_params) - set(labels):
-        raise ValueError(f"class_params given for labels {sorted(set(class_params) - set(labels))} that are not "
-                         f"corrupted (corrupted labels: {labels})")
+    labels = _checked_labels(src, ds_json, labels, class_params)
     cases = training_case_ids(src, ds_json)
     if not cases:
         raise RawDatasetError(f"{src / 'labelsTr'} holds no training labels")

@@ -10,15 +10,17 @@ from __future__ import annotations
 import csv
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nnunet_noisylabels.common.metrics import dice, hd95
-from nnunet_noisylabels.revision.api import (
-    MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR, _progress, noise_map, noise_statistics)
 from nnunet_noisylabels.common.raw_dataset import load_json, reader_writer, spatial_view, write_json_atomic
 from nnunet_noisylabels.common.safe_fs import refuse_symlinks
+from nnunet_noisylabels.revision.base import (MANIFEST_NAME, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, REPORT_DIR,
+                                              progress_bar)
+from nnunet_noisylabels.revision.output import noise_map, noise_statistics
 
 
 def _finite_mean(values) -> float | None:
@@ -127,6 +129,42 @@ def write_overlay_png(path: Path, image: np.ndarray, panels: dict[str, np.ndarra
     plt.close(fig)
 
 
+@dataclass
+class _RevisedDataset:
+    """Where the report reads from: a revised dataset's folders (from its manifest) and nnU-Net's reader."""
+
+    root: Path
+    manifest: dict
+    file_ending: str
+    classes: list[int]
+    labels_dir: Path
+    originals_dir: Path
+    noise_dir: Path | None
+    truth_dir: Path | None
+    rw: object
+
+    @classmethod
+    def open(cls, root: Path, truth_folder: str | os.PathLike | None) -> "_RevisedDataset":
+        if not (root / MANIFEST_NAME).is_file():
+            raise FileNotFoundError(f"{root / MANIFEST_NAME} not found: run nnUNetv2_nl_revise on {root} first.")
+        manifest = load_json(root / MANIFEST_NAME)
+        djson = load_json(root / "dataset.json")
+        fe = djson["file_ending"]
+        nm = manifest.get("noise_maps_folder")
+        labels_dir = root / manifest["labels_folder"]
+        return cls(root=root, manifest=manifest, file_ending=fe,
+                   classes=sorted(int(v) for v in djson["labels"].values() if int(v) != 0), labels_dir=labels_dir,
+                   originals_dir=root / manifest["originals_folder"],
+                   noise_dir=root / nm if nm and (root / nm).is_dir() else None,
+                   truth_dir=Path(truth_folder) if truth_folder is not None else None,
+                   rw=reader_writer(djson, labels_dir / f"{sorted(manifest['cases'])[0]}{fe}"))
+
+    def read(self, folder: Path | None, case_id: str) -> tuple[np.ndarray, dict] | None:
+        """(label as nnU-Net reads it, props), or None if there is no such file."""
+        path = folder / f"{case_id}{self.file_ending}" if folder is not None else None
+        return self.rw.read_seg(str(path)) if path is not None and path.is_file() else None
+
+
 def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | os.PathLike | None = None,
                           output_folder: str | os.PathLike | None = None, num_overlays: int = 3,
                           progress: bool = False) -> dict:
@@ -144,48 +182,13 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
         ``{"cases": {case: row}, "mean": {...}, "overlays": [...]}`` (also written as report.json).
     """
     root = Path(dataset_root)
-    if not (root / MANIFEST_NAME).is_file():
-        raise FileNotFoundError(f"{root / MANIFEST_NAME} not found: run nnUNetv2_nl_revise on {root} first.")
-    manifest = load_json(root / MANIFEST_NAME)
-    djson = load_json(root / "dataset.json")
-    fe = djson["file_ending"]
-    classes = sorted(int(v) for v in djson["labels"].values() if int(v) != 0)
-    num_classes = len(classes) + 1
-    labels_dir, originals_dir = root / manifest["labels_folder"], root / manifest["originals_folder"]
-    nm = manifest.get("noise_maps_folder")
-    noise_dir = root / nm if nm and (root / nm).is_dir() else None
-    truth_dir = Path(truth_folder) if truth_folder is not None else None
+    ds = _RevisedDataset.open(root, truth_folder)
     out = Path(output_folder) if output_folder is not None else root / REPORT_DIR
     refuse_symlinks([out, out / "overlays"], "Remove the link (or pass another output folder); the report is "
                                              "written only into a real folder.")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    cases = sorted(manifest["cases"])
-    rw = reader_writer(djson, labels_dir / f"{cases[0]}{fe}")
-
-    rows: dict[str, dict] = {}
-    for case_id in _progress(cases, "Revision report", progress):
-        imp, props = rw.read_seg(str(originals_dir / f"{case_id}{fe}"))
-        rev, _ = rw.read_seg(str(labels_dir / f"{case_id}{fe}"))
-        nmap = rw.read_seg(str(noise_dir / f"{case_id}{fe}"))[0] if noise_dir is not None and \
-            (noise_dir / f"{case_id}{fe}").is_file() else None
-        truth = None
-        if truth_dir is not None and (truth_dir / f"{case_id}{fe}").is_file():
-            truth = rw.read_seg(str(truth_dir / f"{case_id}{fe}"))[0]
-            if truth.shape != imp.shape:
-                raise ValueError(f"True label of '{case_id}' has shape {truth.shape[1:]}, the dataset's "
-                                 f"{imp.shape[1:]}.")
-        # evaluated as 2D or 3D arrays with their own spacing
-        imp2, spacing = spatial_view(imp, props["spacing"])
-        rev2 = spatial_view(rev, props["spacing"])[0]
-        nmap2 = None if nmap is None else spatial_view(nmap, props["spacing"])[0]
-        truth2 = None if truth is None else spatial_view(truth, props["spacing"])[0]
-        rec = manifest["cases"][case_id]
-        row = {"source": rec["source"], "decision": "clean label" if rec["source"] == "clean" else
-               "kept imperfect" if rec.get("kept_imperfect") else
-               "realigned, predicted again" if rec.get("realigned") else "predicted"}
-        row.update(case_metrics(imp2, rev2, nmap2, truth2, classes, spacing))
-        rows[case_id] = row
-
+    cases = sorted(ds.manifest["cases"])
+    rows = {case_id: _case_row(ds, case_id) for case_id in progress_bar(cases, "Revision report", progress)}
     revised = [c for c in cases if rows[c]["source"] == "revised"]
     mean_keys = ["fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "flagged_over",
                  "flagged_under", "flagged_over_share_of_imperfect_fg", "flagged_under_share_of_imperfect_fg",
@@ -193,8 +196,42 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     mean = {k: _finite_mean([rows[c].get(k) for c in revised]) for k in mean_keys}
     mean["num_cases"] = len(revised)
     mean["num_with_truth"] = sum("dice_revised" in rows[c] for c in revised)
+    overlays, kind = _write_overlays(ds, rows, revised, out / "overlays", num_overlays)
 
-    # Overlays: worst/best by revised Dice when the truth is known, else by how much the revision changed.
+    summary = {"dataset": root.name, "method": ds.manifest.get("method"), "truth_folder": str(ds.truth_dir)
+               if ds.truth_dir else None, "noise_maps_from": ds.manifest.get("noise_maps_from"), "mean": mean,
+               "cases": rows, "overlays": [str(p.relative_to(out)) for p in overlays], "ranked_by": kind}
+    write_json_atomic(_json_safe(_stringify_keys(summary)), out / "report.json")
+    _write_csv(rows, out / "report.csv")
+    _write_markdown(summary, out / "report.md")
+    return summary
+
+
+def _case_row(ds: _RevisedDataset, case_id: str) -> dict:
+    """The report's row of one case: where its label came from and :func:`case_metrics`."""
+    imp, props = ds.read(ds.originals_dir, case_id)
+    rev = ds.read(ds.labels_dir, case_id)[0]
+    nmap = (ds.read(ds.noise_dir, case_id) or (None,))[0]
+    truth = (ds.read(ds.truth_dir, case_id) or (None,))[0]
+    if truth is not None and truth.shape != imp.shape:
+        raise ValueError(f"True label of '{case_id}' has shape {truth.shape[1:]}, the dataset's {imp.shape[1:]}.")
+    # evaluated as 2D or 3D arrays with their own spacing
+    imp2, spacing = spatial_view(imp, props["spacing"])
+    rev2 = spatial_view(rev, props["spacing"])[0]
+    nmap2 = None if nmap is None else spatial_view(nmap, props["spacing"])[0]
+    truth2 = None if truth is None else spatial_view(truth, props["spacing"])[0]
+    rec = ds.manifest["cases"][case_id]
+    row = {"source": rec["source"], "decision": "clean label" if rec["source"] == "clean" else
+           "kept imperfect" if rec.get("kept_imperfect") else
+           "realigned, predicted again" if rec.get("realigned") else "predicted"}
+    row.update(case_metrics(imp2, rev2, nmap2, truth2, ds.classes, spacing))
+    return row
+
+
+def _write_overlays(ds: _RevisedDataset, rows: dict[str, dict], revised: list[str], folder: Path,
+                    num_overlays: int) -> tuple[list[Path], str]:
+    """Overlays of the worst/best revised cases: by revised Dice when the truth is known, else by how much the
+    revision changed. Returns (the files written, the ranking's name)."""
     with_truth = [c for c in revised if "dice_revised" in rows[c]]
     if with_truth:
         ranked = sorted(with_truth, key=lambda c: rows[c]["dice_revised"])
@@ -204,33 +241,27 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
         kind = "fraction changed (most first)"
     k = min(num_overlays, (len(ranked) + 1) // 2)
     picks = [("worst", c) for c in ranked[:k]] + [("best", c) for c in ranked[::-1][:k] if c not in ranked[:k]]
-    overlays = []
+    written = []
     for tag, case_id in picks:
-        img, _ = rw.read_images([str(root / "imagesTr" / f"{case_id}_0000{fe}")]) \
-            if (root / "imagesTr" / f"{case_id}_0000{fe}").is_file() else (None, None)
-        imp = rw.read_seg(str(originals_dir / f"{case_id}{fe}"))[0][0]
-        rev = rw.read_seg(str(labels_dir / f"{case_id}{fe}"))[0][0]
+        image_file = ds.root / "imagesTr" / f"{case_id}_0000{ds.file_ending}"
+        img = ds.rw.read_images([str(image_file)])[0] if image_file.is_file() else None
+        imp = ds.read(ds.originals_dir, case_id)[0][0]
+        rev = ds.read(ds.labels_dir, case_id)[0][0]
         panels = {"imperfect": _middle_slice(imp), "revised": _middle_slice(rev)}
-        if truth_dir is not None and (truth_dir / f"{case_id}{fe}").is_file():
-            panels["truth"] = _middle_slice(rw.read_seg(str(truth_dir / f"{case_id}{fe}"))[0][0])
-        saved = noise_dir / f"{case_id}{fe}" if noise_dir is not None else None
-        nm_full = rw.read_seg(str(saved))[0][0] if saved is not None and saved.is_file() else noise_map(imp, rev)
-        panels["noise (red over, blue under, yellow both)"] = _middle_slice(nm_full)
+        truth = ds.read(ds.truth_dir, case_id)
+        if truth is not None:
+            panels["truth"] = _middle_slice(truth[0][0])
+        saved = ds.read(ds.noise_dir, case_id)
+        panels["noise (red over, blue under, yellow both)"] = _middle_slice(
+            saved[0][0] if saved is not None else noise_map(imp, rev))
         image = _middle_slice(img[0]) if img is not None else np.zeros_like(panels["imperfect"], dtype=float)
         title = f"{case_id} ({tag}, {kind})"
         if "dice_revised" in rows[case_id]:
             title += f": Dice {rows[case_id]['dice_imperfect']:.3f} -> {rows[case_id]['dice_revised']:.3f}"
-        path = out / "overlays" / f"{tag}_{case_id}.png"
-        write_overlay_png(path, image.astype(float), panels, title, num_classes)
-        overlays.append(str(path.relative_to(out)))
-
-    summary = {"dataset": root.name, "method": manifest.get("method"), "truth_folder": str(truth_dir)
-               if truth_dir else None, "noise_maps_from": manifest.get("noise_maps_from"), "mean": mean,
-               "cases": rows, "overlays": overlays, "ranked_by": kind}
-    write_json_atomic(_json_safe(_stringify_keys(summary)), out / "report.json")
-    _write_csv(rows, out / "report.csv")
-    _write_markdown(summary, out / "report.md")
-    return summary
+        path = folder / f"{tag}_{case_id}.png"
+        write_overlay_png(path, image.astype(float), panels, title, len(ds.classes) + 1)
+        written.append(path)
+    return written, kind
 
 
 def _stringify_keys(x):

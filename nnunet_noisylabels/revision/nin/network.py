@@ -31,9 +31,9 @@ from nnunet_noisylabels.revision.nin.fusion import (
     FUSION_RULES,
     downsample_label,
     fuse_logits,
-    imperfect_label_from_channels,
     one_hot,
 )
+from nnunet_noisylabels.revision.nin.label_input import imperfect_label_from_channels
 
 EVAL_OUTPUTS = ("fused", "branches")
 DEFAULT_FUSION = "mean"

@@ -33,8 +33,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_noisylabels.revision.nin.fusion import (
-    NoiseIdentificationLoss,
+from nnunet_noisylabels.revision.nin.fusion import NoiseIdentificationLoss
+from nnunet_noisylabels.revision.nin.label_input import (
     imperfect_label_from_channels,
     misregister_label_channels,
     perturb_label_channels,
