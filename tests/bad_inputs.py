@@ -67,3 +67,15 @@ def symlink_folder(ds: Path, name: str) -> Path:
         (real / "report.md").write_text("my own notes\n")
     os.symlink(real, ds / name)
     return real
+
+
+def assert_refused(main, argv: list[str], fragment: str, root: Path, capsys) -> None:
+    """Run a command's ``main``: it must exit with 2, say ``fragment`` on stderr and leave everything under ``root``
+    as it was (every file's hash, every folder, link and mode)."""
+    from conftest import tree_state
+
+    before = tree_state(root)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err, err
+    assert tree_state(root) == before

@@ -13,7 +13,6 @@ import stat
 import pytest
 
 import bad_inputs as bad
-from conftest import tree_state
 from nnunet_noisylabels.cli.corrupt import main
 from nnunet_noisylabels.corruption.dataset import MANIFEST_NAME, corrupt_dataset
 
@@ -81,11 +80,7 @@ def test_bad_input_is_refused_and_nothing_changes(case, make_dataset, nnunet_env
     argv = ["-d", ds.name, "-o", "120", "--noise", "dilate", "--no_pbar"]
     if "-d" in extra:
         argv = argv[2:]
-    before = tree_state(tmp_path)
-    assert main(argv + extra) == 2
-    err = capsys.readouterr().err
-    assert fragment in err, err
-    assert tree_state(tmp_path) == before
+    bad.assert_refused(main, argv + extra, fragment, tmp_path, capsys)
 
 
 def test_overwrite_replaces_its_own_dataset(make_dataset, nnunet_env):

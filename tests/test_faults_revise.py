@@ -92,11 +92,7 @@ def test_bad_input_is_refused_and_nothing_changes(case, make_dataset, nnunet_env
     extra = [str(ds / "sub" / "Dataset151_In") if a == "INSIDE" else a for a in extra]
     if "-d" in extra:
         argv = argv[2:]
-    before = tree_state(tmp_path)
-    assert main(argv + extra) == 2
-    err = capsys.readouterr().err
-    assert fragment in err, err
-    assert tree_state(tmp_path) == before
+    bad.assert_refused(main, argv + extra, fragment, tmp_path, capsys)
 
 
 # ------------------------------------------------------------------------------------------------ runs that succeed
