@@ -56,6 +56,7 @@ setup(
             "nnUNetv2_nl_revise = nnunet_noisylabels.cli.revise:main",
             "nnUNetv2_nl_export = nnunet_noisylabels.cli.export:main",
             "nnUNetv2_nl_find_issues = nnunet_noisylabels.cli.find_issues:main",
+            "nnUNetv2_nl_plan_cpu = nnunet_noisylabels.cli.plan_cpu:main",
         ],
     },
     cmdclass={"build_py": build_py_with_pth},

@@ -42,10 +42,19 @@ def read_folder(work: Path) -> dict:
         raise SystemExit(f"{quality}: no 'imperfect' row (was the benchmark run with --no_label_quality and no "
                          f"revision?)")
     with open(results, newline="") as f:
-        arms = {r["arm"]: (float(r["dice_mean"]), float(r["dice_sd"])) for r in csv.DictReader(f)}
+        arms = {r["arm"]: _mean_and_error(r) for r in csv.DictReader(f)}
     settings = work / "settings.json"
     protocol = json.loads(settings.read_text())["protocol"] if settings.is_file() else work.name
     return {"protocol": protocol, "imperfect_dice": imperfect[0], "arms": arms}
+
+
+def _mean_and_error(row: dict) -> tuple[float, float | tuple[float, float]]:
+    """(mean Dice, error bar): the bootstrap 95% CI of the mean as (below, above) where the table has it (runs with
+    seeds), else the sd over cases."""
+    mean = float(row["dice_mean"])
+    if row.get("dice_ci_low") not in (None, ""):
+        return mean, (mean - float(row["dice_ci_low"]), float(row["dice_ci_high"]) - mean)
+    return mean, float(row["dice_sd"])
 
 
 def plot(folders: list[dict], output: Path, title: str) -> None:
@@ -62,15 +71,16 @@ def plot(folders: list[dict], output: Path, title: str) -> None:
         if not pts:
             continue
         label, color, marker = ARM_STYLE.get(arm, (arm, "grey", "."))
-        x, y, sd = zip(*pts)
-        ax.errorbar(x, y, yerr=sd, label=label, color=color, marker=marker, capsize=3, linewidth=1.2,
+        x, y, err = zip(*pts)
+        err = [[e[0] if isinstance(e, tuple) else e for e in err], [e[1] if isinstance(e, tuple) else e for e in err]]
+        ax.errorbar(x, y, yerr=err, label=label, color=color, marker=marker, capsize=3, linewidth=1.2,
                     linestyle="-" if len(pts) > 1 else "none")
     for f in folders:
         ax.axvline(f["imperfect_dice"], color="0.85", linewidth=0.8, zorder=0)
         ax.annotate(f["protocol"], (f["imperfect_dice"], 1.0), xycoords=("data", "axes fraction"),
                     xytext=(2, -12), textcoords="offset points", fontsize=8, color="0.35")
     ax.set_xlabel("Dice of the imperfect training labels vs clean (lower = stronger noise)")
-    ax.set_ylabel("test Dice (mean ± sd over held-out cases)")
+    ax.set_ylabel("test Dice (mean, 95% CI over held-out cases; sd for single-seed runs)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

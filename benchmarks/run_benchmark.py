@@ -10,7 +10,12 @@ write one), a noise protocol and a clean fraction, this script
 4. trains every arm with stock ``nnUNetv2_train`` at one budget (``nnUNet_nl_epochs`` / ``nnUNet_nl_iterations``
    read by the ``*_budget`` trainers), predicts the test split with ``nnUNetv2_predict`` and scores it
    (Dice and HD95 per structure, mean and spread over cases);
-5. writes ``results.csv``, ``results.md`` and ``label_quality.csv`` into the work folder.
+5. with ``--seeds 0 1 2`` repeats phase 1 and every arm with each training seed (``nnUNet_nl_seed``; the noise and
+   the clean pairs stay those of ``--seed``; another draw of them is another work folder with another ``--seed``);
+6. writes ``results.csv``, ``results.md``, ``per_case.csv`` and ``label_quality.csv`` into the work folder: every
+   arm's mean Dice over seeds and cases, and its paired difference to the two bars (nnU-Net on the clean pairs alone,
+   nnU-Net on the imperfect labels) per test case, averaged over the seeds, with a bootstrap 95% CI
+   (``bench_stats.py``).
 
 Every finished step leaves its output behind and is skipped on a re-run, so a killed run resumes where it stopped
 (an interrupted training continues from its latest checkpoint).
@@ -18,7 +23,7 @@ Every finished step leaves its output behind and is skipped on a re-run, so a ki
 Example (CPU mode, JSRT lung downsampled to 64x64, Markov noise, 10% clean):
 
     python benchmarks/run_benchmark.py --source jsrt-lung --size 64 --protocol markov --clean_fraction 0.1 \\
-        --mode cpu --work bench_output/jsrt_lung_markov
+        --mode cpu --seeds 0 1 2 --work bench_output/jsrt_lung_markov
 """
 from __future__ import annotations
 
@@ -79,6 +84,11 @@ LABEL_DATASETS = {"noisy": "noisy", "clean_subset": "clean_subset", "revised": "
                   "clean_only_revised": "clean_only_revised", "ensemble_revised": "ensemble_revised",
                   "clean_full": "source"}
 DATASET_KEYS = ["source", "noisy", "clean_subset", "revised", "clean_only_revised", "ensemble_revised"]
+# the datasets a training seed rewrites (phase 1 is trained per seed); the others are shared by every seed
+PER_SEED_KEYS = ("revised", "clean_only_revised", "ensemble_revised")
+SEED_ID_STRIDE = 10
+# the two bars every arm is compared with, per test case
+BARS = {"clean_pairs": "nnunet_clean_subset", "imperfect": "nnunet_noisy"}
 DEFAULT_ARMS = ["nnunet_noisy", "nnunet_clean_subset", "nnunet_revised", "robust_noisy", "robust_revised",
                 "gce_noisy", "coteaching_noisy", "nnunet_clean_full"]
 
@@ -103,13 +113,19 @@ def preprocessing_finished(preprocessed: Path, raw_dataset: Path) -> bool:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace):
+    """The steps of one training seed (seed 0 keeps the layout of single-seed work folders, so they resume)."""
+
+    def __init__(self, args: argparse.Namespace, seed: int = 0):
         self.args = args
+        self.seed = seed
         self.work = Path(args.work).resolve()
         self.env = dict(os.environ)
+        suffix = f"_seed{seed}" if seed else ""
         for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            self.env[k] = str(self.work / k)
+            self.env[k] = str(self.work / (k + suffix if k == "nnUNet_results" else k))
             Path(self.env[k]).mkdir(parents=True, exist_ok=True)
+        self.env["nnUNet_nl_seed"] = str(seed)
+        self.predictions = self.work / "predictions" / (f"seed{seed}" if seed else "")
         epochs, iters, val_iters, revision_epochs = BUDGETS[args.mode]
         self.budget = {"epochs": args.epochs or epochs, "iterations": args.iterations or iters,
                        "val_iterations": val_iters, "revision_epochs": args.revision_epochs or revision_epochs}
@@ -124,12 +140,12 @@ class Runner:
             self.env.setdefault("nnUNet_n_proc_DA", str(max(1, args.np - 1)))
         self.bin = Path(sys.executable).parent
         self.log = self.work / "benchmark.log"
-        self.ids = {name: args.base_id + i for i, name in
-                    enumerate(DATASET_KEYS)}
+        self.ids = {name: args.base_id + i + (SEED_ID_STRIDE * seed if name in PER_SEED_KEYS else 0)
+                    for i, name in enumerate(DATASET_KEYS)}
         self.timings: dict[str, float] = {}
-        state = self.work / "timings.json"
-        if state.is_file():
-            self.timings = json.loads(state.read_text())
+        self.timings_file = self.work / f"timings{suffix}.json"
+        if self.timings_file.is_file():
+            self.timings = json.loads(self.timings_file.read_text())
 
     # ---------------------------------------------------------------- helpers
     def say(self, msg: str) -> None:
@@ -146,7 +162,7 @@ class Runner:
         if proc.returncode != 0:
             raise SystemExit(f"step '{step}' failed (exit {proc.returncode}); see {self.log}")
         self.timings[step] = self.timings.get(step, 0.0) + time.time() - t0
-        (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
+        self.timings_file.write_text(json.dumps(self.timings, indent=1))
 
     def folder(self, key: str) -> Path:
         raw = Path(self.env["nnUNet_raw"])
@@ -233,6 +249,8 @@ class Runner:
                "-np", str(self.args.np), "--no_pbar"]
         if self.args.disable_tta:
             cmd.append("--disable_tta")
+        if self.args.cpu_plans:
+            cmd.append("--cpu_plans")
         if self.args.realign and method in ("nin", "ensemble"):
             cmd.append("--realign")
         if method == "ensemble":
@@ -244,7 +262,7 @@ class Runner:
                 used = manifest.get("model", {}).get("model_folder")
                 models[m] = used if used and Path(used).is_dir() else str(
                     Path(self.env["nnUNet_results"]) / manifest["aux_dataset"] /
-                    f"{self.revision_trainer(m)}__nnUNetPlans__{self.args.configuration}")
+                    f"{self.revision_trainer(m)}__nnUNetPlans__{self.train_configuration()}")
             cmd += ["-tr", self.revision_trainer("nin"), "--model", models["nin"], "--clean_only_tr",
                     REVISIONS["clean_only"][2], "--clean_only_model", models["clean_only"]]
         else:
@@ -256,11 +274,15 @@ class Runner:
         finally:
             self.env["nnUNet_nl_epochs"] = saved
 
+    def train_configuration(self) -> str:
+        """The configuration every model trains: the planned one, or with --cpu_plans its CPU variant."""
+        return self.args.configuration + ("_cpu" if self.args.cpu_plans else "")
+
     def train_and_score(self, arm: str) -> dict:
         labels, trainer = ARMS[arm]
         key = LABEL_DATASETS[labels]
         ds = self.ids[key]
-        pred = self.work / "predictions" / arm
+        pred = self.predictions / arm
         result_file = pred / "scores.json"
         if result_file.is_file():
             return json.loads(result_file.read_text())
@@ -269,6 +291,10 @@ class Runner:
         if not preprocessing_finished(pre, self.folder(key)):
             self.sh([str(self.bin / "nnUNetv2_plan_and_preprocess"), "-d", str(ds), "-c", config,
                      "-np", str(self.args.np)], f"preprocess_{key}")
+        if self.args.cpu_plans:
+            from nnunet_noisylabels.common.cpu_plans import add_cpu_configuration
+
+            config = add_cpu_configuration(pre.parent, config)
         if trainer.startswith("nnUNetTrainerCLSLR"):
             self.find_issues(ds, config)
         out = Path(self.env["nnUNet_results"]) / self.folder(key).name / f"{trainer}__nnUNetPlans__{config}" / "fold_all"
@@ -304,65 +330,133 @@ class Runner:
                 "find_issues")
 
     # ---------------------------------------------------------------- main
-    def run(self) -> None:
+    def prepare(self) -> None:
+        """What every seed shares: the settings, the source dataset, its corrupted copy and the clean subset."""
         a = self.args
         self.say(f"benchmark in {self.work}: source={a.source} protocol={a.protocol} clean={a.clean_fraction} "
-                 f"budget={self.budget} device={a.device}")
+                 f"budget={self.budget} device={a.device} seeds={a.seeds}")
         settings = {"source": a.source, "size": a.size, "protocol": a.protocol, "corrupt_extra": a.corrupt_extra,
                     "clean_fraction": a.clean_fraction, "seed": a.seed, "num_test": a.num_test,
                     "split_seed": a.split_seed, "configuration": a.configuration, "device": a.device,
                     "disable_tta": a.disable_tta, "nin_trainer": self.revision_trainer("nin"), "realign": a.realign,
-                    "budget": self.budget}
+                    "budget": self.budget, **({"cpu_plans": True} if a.cpu_plans else {})}
         write_settings(self.work / "settings.json", settings)
         self.make_source()
         self.corrupt()
         self.make_clean_subset()
+
+    def run(self) -> tuple[dict[str, dict], list[list]]:
+        """Phase 1 and every arm with this seed. Returns ({arm: scores}, label-quality rows)."""
+        a = self.args
         if any(ARMS[arm][0] == "revised" for arm in a.arms) or a.label_quality:
             self.revise("nin")
         if a.label_quality or any(ARMS[arm][0] == "clean_only_revised" for arm in a.arms):
             self.revise("clean_only")
         if any(ARMS[arm][0] == "ensemble_revised" for arm in a.arms):
             self.revise("ensemble")
-        rows = []
+        scores = {}
         for i, arm in enumerate(a.arms, 1):
-            self.say(f"arm {i}/{len(a.arms)}: {arm} ({ARMS[arm][1]} on {ARMS[arm][0]} labels)")
-            scores = self.train_and_score(arm)
-            rows.append({"arm": arm, "labels": ARMS[arm][0], "trainer": ARMS[arm][1], **scores["summary"],
-                         "train_s": round(self.timings.get(f"train_{arm}", float("nan")))})
-            self.say(f"  -> {arm}: Dice {scores['summary']['dice_mean']:.4f}")
-        self.write_tables(rows)
+            self.say(f"seed {self.seed}, arm {i}/{len(a.arms)}: {arm} ({ARMS[arm][1]} on {ARMS[arm][0]} labels)")
+            scores[arm] = self.train_and_score(arm)
+            scores[arm]["train_s"] = self.timings.get(f"train_{arm}", float("nan"))
+            self.say(f"  -> {arm}: Dice {scores[arm]['summary']['dice_mean']:.4f}")
+        return scores, label_quality(self.work, [self.ids[REVISIONS[m][0]] for m in REVISIONS])
 
-    def write_tables(self, rows: list[dict]) -> None:
-        keys = list(rows[0])
-        with open(self.work / "results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader()
-            w.writerows(rows)
-        quality = label_quality(self.work, [self.ids[REVISIONS[m][0]] for m in REVISIONS])
-        with open(self.work / "label_quality.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases"])
-            w.writerows(quality)
-        a = self.args
-        md = [f"Source `{a.source}`{f' ({a.size}x{a.size})' if a.size else ''}, protocol `{a.protocol}`, "
-              f"clean fraction {a.clean_fraction}, seed {a.seed}, {a.num_test} held-out test cases; budget "
-              f"{self.budget['epochs']} epochs x {self.budget['iterations']} iterations, phase-1 models "
-              f"{self.budget['revision_epochs']} epochs x {self.budget['iterations']} iterations (configuration "
-              f"`{a.configuration}`, device `{a.device}`); machine: {platform.machine()}, {os.cpu_count()} CPUs; "
-              f"{time.strftime('%Y-%m-%d')}.", "",
-              "| arm | labels | trainer | Dice (mean ± sd) | HD95 (median) | per structure Dice | train time (s) |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-        for r in rows:
-            per = ", ".join(f"{k[5:]}: {v:.3f}" for k, v in r.items() if k.startswith("dice_") and k[5:].isdigit())
-            md.append(f"| {r['arm']} | {r['labels']} | `{r['trainer']}` | {r['dice_mean']:.4f} ± {r['dice_sd']:.4f} "
-                      f"| {r['hd95_median']:.2f} | {per} | {r['train_s']} |")
-        if quality:
-            md += ["", "| training labels of the imperfect-only cases | Dice vs clean (mean ± sd) | cases |",
-                   "| --- | --- | --- |"]
-            md += [f"| {q[0]} | {q[1]:.4f} ± {q[2]:.4f} | {q[3]} |" for q in quality]
-        (self.work / "results.md").write_text("\n".join(md) + "\n")
-        self.say(f"tables: {self.work / 'results.md'}, {self.work / 'results.csv'}")
-        print("\n".join(md))
+
+def run_benchmark(args: argparse.Namespace) -> None:
+    """Every seed's run, then the tables over seeds."""
+    runners = [Runner(args, s) for s in args.seeds]
+    runners[0].prepare()
+    per_seed = [r.run() for r in runners]
+    write_tables(runners[0], [s for s, _ in per_seed], [q for _, q in per_seed])
+
+
+def case_dice(scores: dict) -> dict[str, float]:
+    """Per test case, the mean Dice over its structures (as ``dice_mean`` averages them)."""
+    return {case: float(np.mean([v["dice"] for v in per.values()])) for case, per in scores["per_case"].items()}
+
+
+def arm_rows(arms: list[str], per_seed: list[dict[str, dict]]) -> list[dict]:
+    """One row per arm: means over seeds and cases, spread over seeds, paired differences to the bars with CIs."""
+    from bench_stats import bootstrap_ci, case_means, paired_difference
+
+    means = {arm: case_means([case_dice(s[arm]) for s in per_seed]) for arm in arms}
+    rows = []
+    for arm in arms:
+        summaries = [s[arm]["summary"] for s in per_seed]
+        mean, low, high = bootstrap_ci(list(means[arm].values()))
+        row = {"arm": arm, "labels": ARMS[arm][0], "trainer": ARMS[arm][1], "seeds": len(per_seed),
+               "dice_mean": mean, "dice_ci_low": low, "dice_ci_high": high,
+               "dice_sd": float(np.std(list(means[arm].values()))),
+               "dice_seed_sd": float(np.std([x["dice_mean"] for x in summaries])),
+               "hd95_median": float(np.median([x["hd95_median"] for x in summaries]))}
+        for bar_name, bar in BARS.items():
+            d = paired_difference(means[arm], means[bar]) if bar in means and bar != arm else (float("nan"),) * 4
+            row.update({f"vs_{bar_name}": d[0], f"vs_{bar_name}_ci_low": d[1], f"vs_{bar_name}_ci_high": d[2]})
+        row.update({k: float(np.mean([x[k] for x in summaries])) for k in summaries[0]
+                    if k.startswith("dice_") and k[5:].isdigit()})
+        row["train_s"] = round(float(np.nanmean([s[arm]["train_s"] for s in per_seed])))
+        rows.append(row)
+    return rows
+
+
+def quality_rows(per_seed: list[list]) -> list[list]:
+    """Label quality over seeds: per kind of labels, the mean over seeds of the per-seed mean Dice vs clean, the sd
+    over seeds, and the number of cases."""
+    kinds = [r[0] for r in per_seed[0]] if per_seed else []
+    out = []
+    for kind in kinds:
+        vals = [r for q in per_seed for r in q if r[0] == kind]
+        out.append([kind, float(np.mean([r[1] for r in vals])), float(np.std([r[1] for r in vals])), vals[0][3],
+                    len(vals)])
+    return out
+
+
+def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_seed: list[list]) -> None:
+    from bench_stats import format_difference
+
+    a, work = runner.args, runner.work
+    rows = arm_rows(a.arms, per_seed)
+    with open(work / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(work / "per_case.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arm", "seed", "case", "dice"])
+        for seed, scores in zip(a.seeds, per_seed):
+            for arm in a.arms:
+                w.writerows([arm, seed, c, d] for c, d in case_dice(scores[arm]).items())
+    quality = quality_rows(quality_per_seed)
+    with open(work / "label_quality.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases", "seeds"])
+        w.writerows(quality)
+    b = runner.budget
+    md = [f"Source `{a.source}`{f' ({a.size}x{a.size})' if a.size else ''}, protocol `{a.protocol}`, "
+          f"clean fraction {a.clean_fraction}, noise/clean-pair draw {a.seed}, training seeds {a.seeds}, "
+          f"{a.num_test} held-out test cases; budget {b['epochs']} epochs x {b['iterations']} iterations, phase-1 "
+          f"models {b['revision_epochs']} epochs x {b['iterations']} iterations (configuration `{a.configuration}`, "
+          f"device `{a.device}`); machine: {platform.machine()}, {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}.",
+          "", "Dice: mean over seeds and test cases [bootstrap 95% CI]; differences: paired per test case (each case's "
+          "mean over seeds), bootstrap 95% CI over cases, * where it excludes 0.", "",
+          "| arm | labels | trainer | test Dice [95% CI] | vs nnU-Net on the clean pairs | vs nnU-Net on the imperfect "
+          "labels | sd over seeds | HD95 (median) | per structure Dice | train time (s) |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        per = ", ".join(f"{k[5:]}: {v:.3f}" for k, v in r.items() if k.startswith("dice_") and k[5:].isdigit())
+        md.append(f"| {r['arm']} | {r['labels']} | `{r['trainer']}` | {r['dice_mean']:.4f} [{r['dice_ci_low']:.4f}, "
+                  f"{r['dice_ci_high']:.4f}] | "
+                  + " | ".join(format_difference(r[f"vs_{n}"], r[f"vs_{n}_ci_low"], r[f"vs_{n}_ci_high"])
+                               for n in BARS)
+                  + f" | {r['dice_seed_sd']:.4f} | {r['hd95_median']:.2f} | {per} | {r['train_s']} |")
+    if quality:
+        md += ["", "| training labels of the imperfect-only cases | Dice vs clean (mean over seeds ± sd) | cases | "
+               "seeds |", "| --- | --- | --- | --- |"]
+        md += [f"| {q[0]} | {q[1]:.4f} ± {q[2]:.4f} | {q[3]} | {q[4]} |" for q in quality]
+    (work / "results.md").write_text("\n".join(md) + "\n")
+    runner.say(f"tables: {work / 'results.md'}, {work / 'results.csv'}, {work / 'per_case.csv'}")
+    print("\n".join(md))
 
 
 def write_settings(path: Path, settings: dict) -> None:
@@ -436,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra arguments for nnUNetv2_nl_corrupt (must come last)")
     p.add_argument("--clean_fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="seed of the corruption and of the clean subset")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds: phase 1 and every arm are trained once per seed (nnUNet_nl_seed); the "
+                        "tables report means over seeds and paired CIs per test case")
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
     p.add_argument("--no_label_quality", dest="label_quality", action="store_false",
                    help="skip the clean-only revision baseline")
@@ -453,13 +550,18 @@ def main(argv: list[str] | None = None) -> int:
                         "NoiseIdentificationTrainer_labelShift_budget)")
     p.add_argument("--realign", action="store_true",
                    help="nnUNetv2_nl_revise --realign for the network's (and the ensemble's) revision")
+    p.add_argument("--cpu_plans", action="store_true",
+                   help="train every model (phase 1 and the arms) with the CPU variant of the configuration "
+                        "(CONFIGURATION_cpu, see nnUNetv2_nl_plan_cpu): 3D on a CPU")
     p.add_argument("-np", type=int, default=2)
     p.add_argument("--base_id", type=int, default=700)
     p.add_argument("--work", required=True, help="folder of the benchmark's nnU-Net folders and results")
     args = p.parse_args(argv)
     if args.configuration is None:
         args.configuration = "3d_fullres" if args.source == "hippocampus" else "2d"
-    Runner(args).run()
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds must be distinct")
+    run_benchmark(args)
     return 0
 
 

@@ -105,7 +105,7 @@ def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
     bench = load_benchmark("run_benchmark")
     args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
                               device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
-                              nin_trainer=None, realign=False)
+                              nin_trainer=None, realign=False, cpu_plans=False)
     runner = bench.Runner(args)
     raw = tmp_path / "nnUNet_raw"
     (raw / "Dataset701_X_markov").mkdir()
@@ -144,7 +144,8 @@ def test_runner_passes_the_network_variant_and_realign(tmp_path):
     bench = load_benchmark("run_benchmark")
     args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
                               device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
-                              nin_trainer="NoiseIdentificationTrainer_labelShift_budget", realign=True)
+                              nin_trainer="NoiseIdentificationTrainer_labelShift_budget", realign=True,
+                              cpu_plans=False)
     runner = bench.Runner(args)
     raw = tmp_path / "nnUNet_raw"
     (raw / "Dataset701_X_ab").mkdir()
@@ -165,3 +166,79 @@ def test_runner_passes_the_network_variant_and_realign(tmp_path):
     model = (tmp_path / "nnUNet_results" / "Dataset500_X_abNIN" /
              "NoiseIdentificationTrainer_labelShift_budget__nnUNetPlans__2d")
     assert "--realign" in ens and ens[ens.index("--model") + 1] == str(model)
+
+
+def _scores(case_dice: dict[str, float], train_s: float = 10.0) -> dict:
+    return {"summary": {"dice_mean": float(np.mean(list(case_dice.values()))), "hd95_median": 2.0,
+                        "dice_1": float(np.mean(list(case_dice.values())))},
+            "per_case": {c: {"1": {"dice": d, "hd95": 2.0}} for c, d in case_dice.items()}, "train_s": train_s}
+
+
+def test_tables_pair_arms_per_case_across_seeds(tmp_path):
+    """An arm 0.05 better than the clean-pairs bar on every case, with seed noise, gets a CI around +0.05 that
+    excludes 0; an arm equal to the imperfect bar up to symmetric noise gets one that includes 0."""
+    bench = load_benchmark("run_benchmark")
+    rng = np.random.default_rng(0)
+    cases = [f"c{i}.png" for i in range(30)]
+    base = {c: 0.8 + 0.1 * rng.random() for c in cases}
+    per_seed = []
+    for seed in range(3):
+        noise, noise2 = ({c: 0.01 * rng.standard_normal() for c in cases} for _ in range(2))
+        per_seed.append({
+            "nnunet_clean_subset": _scores({c: base[c] + noise[c] for c in cases}),
+            "nnunet_noisy": _scores({c: base[c] - 0.02 for c in cases}),
+            "nnunet_revised": _scores({c: base[c] + 0.05 + noise2[c] for c in cases}),
+            "robust_revised": _scores({c: base[c] - 0.02 + (0.01 if i % 2 else -0.01) for i, c in enumerate(cases)}),
+        })
+    rows = {r["arm"]: r for r in bench.arm_rows(list(per_seed[0]), per_seed)}
+    rev = rows["nnunet_revised"]
+    assert rev["seeds"] == 3
+    assert rev["vs_clean_pairs"] == pytest.approx(0.05, abs=0.01)
+    assert 0.0 < rev["vs_clean_pairs_ci_low"] < 0.05 < rev["vs_clean_pairs_ci_high"]
+    rob = rows["robust_revised"]
+    assert rob["vs_imperfect_ci_low"] < 0 < rob["vs_imperfect_ci_high"]
+    assert np.isnan(rows["nnunet_clean_subset"]["vs_clean_pairs"])  # a bar is not compared with itself
+    assert rev["dice_ci_low"] < rev["dice_mean"] < rev["dice_ci_high"]
+
+    args = bench.argparse.Namespace(arms=list(per_seed[0]), seeds=[0, 1, 2], source="x", size=None, protocol="p",
+                                    clean_fraction=0.1, seed=0, num_test=30, configuration="2d", device="cpu")
+    runner = type("R", (), {"args": args, "work": tmp_path, "budget": {"epochs": 1, "iterations": 1,
+                                                                        "revision_epochs": 1},
+                            "say": lambda self, m: None})()
+    quality = [[["imperfect (as given)", 0.8, 0.1, 27], ["revised, method nin", 0.9 + s / 100, 0.1, 27]]
+               for s in range(3)]
+    bench.write_tables(runner, per_seed, quality)
+    md = (tmp_path / "results.md").read_text()
+    assert "| nnunet_revised |" in md and f"{rev['vs_clean_pairs']:+.3f} [" in md and "]*" in md
+    assert len((tmp_path / "per_case.csv").read_text().splitlines()) == 1 + 3 * 4 * 30
+    q = list(csv.DictReader(open(tmp_path / "label_quality.csv")))
+    assert q[1]["labels"] == "revised, method nin" and float(q[1]["dice_vs_clean_mean"]) == pytest.approx(0.91)
+    plot = load_benchmark("plot_results")
+    arms = plot.read_folder(tmp_path)["arms"]
+    mean, (below, above) = arms["nnunet_revised"]
+    assert below > 0 and above > 0 and mean == pytest.approx(rev["dice_mean"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run times both trainers side by side on the CPU and writes the report."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "PYTHON": sys.executable, "nnUNet_compile": "0", "STEP_TIMEOUT": "300",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "gpu_check.md").read_text()
+    assert "## 2d_dry_run" in report and "Please cite" not in report
+    rows = [line for line in report.splitlines() if line.startswith(("| nnUNetTrainer |", "| NoiseRobustTrainer |"))]
+    assert len(rows) == 2 and rows[0].split("|")[3].strip() == "1.00"
+    result = json.loads((out / "2d_dry_run.json").read_text())
+    assert [r["trainer"] for r in result["results"]] == ["nnUNetTrainer", "NoiseRobustTrainer"]
+    assert all(r["train_s_per_iter"] > 0 for r in result["results"])
+    assert result["results"][1]["params"] > 1.5 * result["results"][0]["params"]  # two networks

@@ -105,6 +105,23 @@ class _Interrupted(Exception):
     pass
 
 
+def test_budget_variants_seed_their_run_from_the_environment(nnunet_env, monkeypatch):
+    """With nnUNet_nl_seed set, a budget trainer seeds torch/numpy before its networks are built: two trainers of
+    one seed start from the same random state, another seed from another."""
+    import numpy as np
+
+    from nnunet_noisylabels.trainers.budget import SEED_ENV
+    from nnunet_noisylabels.trainers.variants import NoiseRobustTrainer_budget
+
+    def first_draws(seed: str) -> tuple[float, float]:
+        monkeypatch.setenv(SEED_ENV, seed)
+        _construct("NoiseRobustTrainer_budget", NoiseRobustTrainer_budget)
+        return float(torch.rand(1)), float(np.random.rand())
+
+    assert first_draws("3") == first_draws("3")
+    assert first_draws("3") != first_draws("4")
+
+
 @pytest.mark.slow
 def test_continue_resumes_from_the_latest_epoch(nnunet_env, make_dataset, monkeypatch):
     """Train nnUNetTrainer_debug (4 epochs; 2 iterations each to keep it fast, the checkpoint schedule depends on

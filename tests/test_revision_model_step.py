@@ -68,12 +68,14 @@ def test_branch_wrapper_turns_both_noise_branches_into_noise_codes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, trainer, dim, num_classes", [
-    ("nin", "NoiseIdentificationTrainer_debug", 2, 2),
-    ("clean_only", "nnUNetTrainer_debug", 3, 3),
+@pytest.mark.parametrize("method, trainer, dim, num_classes, cpu_plans", [
+    ("nin", "NoiseIdentificationTrainer_debug", 2, 2, False),
+    ("clean_only", "nnUNetTrainer_debug", 3, 3, False),
+    ("nin", "NoiseIdentificationTrainer_debug", 3, 2, True),
 ])
-def test_end_to_end_through_nnunet(nnunet_env, method, trainer, dim, num_classes, tmp_path):
-    """Plan, preprocess, train (a few iterations) and predict through nnU-Net, then check the outcome on disk."""
+def test_end_to_end_through_nnunet(nnunet_env, method, trainer, dim, num_classes, cpu_plans, tmp_path):
+    """Plan, preprocess, train (a few iterations) and predict through nnU-Net, then check the outcome on disk; with
+    --cpu_plans the model is the narrower CPU configuration trained on the same preprocessed data."""
     import torch
 
     torch.set_num_threads(1)
@@ -81,13 +83,23 @@ def test_end_to_end_through_nnunet(nnunet_env, method, trainer, dim, num_classes
     ds, truth = make_dataset(raw, dim=dim, n_cases=5, n_clean=2, num_classes=num_classes, name="Dataset111_E2E")
     originals = tree_digest(ds / "labelsTr")
     rc = main(["-d", "111", "--method", method, "-tr", trainer, "-device", "cpu", "--no_pbar",
-               "--truth", str(truth)])
+               "--truth", str(truth)] + (["--cpu_plans"] if cpu_plans else []))
     assert rc == 0
     aux_name = "Dataset500_E2E" + ("NIN" if method == "nin" else "NLclean")
     assert (raw / aux_name / "dataset.json").is_file()
-    config = "2d" if dim == 2 else "3d_fullres"
+    config = ("2d" if dim == 2 else "3d_fullres") + ("_cpu" if cpu_plans else "")
     model = Path(nnunet_env["nnUNet_results"]) / aux_name / f"{trainer}__nnUNetPlans__{config}"
     assert (model / "fold_all" / "checkpoint_final.pth").is_file()
+    if cpu_plans:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        plans = PlansManager(str(model / "plans.json"))
+        cpu, base = plans.get_configuration(config), plans.get_configuration("3d_fullres")
+        assert cpu.batch_size == 2 and cpu.data_identifier == base.data_identifier
+        assert cpu.patch_size == base.patch_size
+        assert [2 * f for f in cpu.network_arch_init_kwargs["features_per_stage"]] == \
+            base.network_arch_init_kwargs["features_per_stage"]
+        assert not (Path(nnunet_env["nnUNet_preprocessed"]) / aux_name / "nnUNetPlans_3d_fullres_cpu").exists()
     assert tree_digest(ds / "labelsTr_imperfect") == originals
     manifest = json.loads((ds / "labelsTr_revision.json").read_text())
     assert manifest["method"] == method and manifest["model"]["trainer"] == trainer

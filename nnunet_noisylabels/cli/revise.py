@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realign_rounds", type=int, default=3,
                    help="Realign-and-predict rounds: each moves the label onto the latest prediction, which the "
                         "network drew partly towards the misplaced label, and predicts again. Default: 3.")
+    p.add_argument("--cpu_plans", action="store_true",
+                   help="Train the revision models with the CPU variant of the configuration (CONFIGURATION_cpu: "
+                        "narrower features, batch 2, same preprocessed data; see nnUNetv2_nl_plan_cpu), e.g. for 3D "
+                        "data without a GPU.")
     p.add_argument("--no_pbar", action="store_true", help="Disable progress bars.")
     return p
 
@@ -93,7 +97,7 @@ def options_from_args(args: argparse.Namespace):
                             keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
                             use_mirroring=not args.disable_tta, realign=args.realign,
                             realign_min_gain=args.realign_min_gain, realign_rounds=args.realign_rounds,
-                            progress=not args.no_pbar)
+                            cpu_plans=args.cpu_plans, progress=not args.no_pbar)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,8 @@ function of its own module and can be tested on its own:
 ``method='clean_only'`` is the baseline that every benchmark must carry (nnU-Net trained on the clean pairs alone,
 predicting the rest) through the same code path. ``method='ensemble'`` trains both models and revises with the mean
 of their softmax probabilities (nnU-Net's own ensembling): the network that reads the imperfect label and the one
-that reads the image alone make different errors, so their mean is better than either member (BENCHMARKS.md,
-section 5f), at twice the training cost of phase 1 (spent on one model instead, a longer training can do as well).
+that reads the image alone make different errors, so their mean can beat either member, at twice the training cost
+of phase 1 (BENCHMARKS.md says where it does).
 
 The idea of learning the annotators' noise pattern from a few clean/imperfect pairs and revising every imperfect
 label with it comes from Huang et al., "Toward high-quality pseudo masks from noisy or weak annotations for robust
@@ -83,6 +83,8 @@ class RevisionOptions:
         realign_min_gain: see ``realign``.
         realign_rounds: realign-and-predict rounds (each one moves the label onto the latest prediction; a round
             costs one prediction of the realigned cases).
+        cpu_plans: train the phase-1 models with the CPU variant of the configuration (``<configuration>_cpu``:
+            narrower features, batch 2; :mod:`nnunet_noisylabels.common.cpu_plans`), e.g. 3D on a laptop.
         progress: progress bars.
     """
 
@@ -108,6 +110,7 @@ class RevisionOptions:
     realign: bool = False
     realign_min_gain: float = 0.05
     realign_rounds: int = 3
+    cpu_plans: bool = False
     progress: bool = True
 
     @property
@@ -243,7 +246,8 @@ def _model_steps(inputs: RevisionInputs, opts: RevisionOptions,
                                    fold=str(opts.fold), device=device, num_processes=opts.num_processes,
                                    model_folder=opts.trainer_and_model(m)[1], progress=opts.progress,
                                    dimensionality=inputs.dimensionality, save_noise_maps=opts.save_noise_maps,
-                                   use_mirroring=opts.use_mirroring, save_probabilities=opts.ensemble)
+                                   use_mirroring=opts.use_mirroring, save_probabilities=opts.ensemble,
+                                   cpu_plans=opts.cpu_plans)
                 for m in members}
     steps = dict(model_step) if isinstance(model_step, Mapping) else {m: model_step for m in members}
     if set(steps) != set(members):

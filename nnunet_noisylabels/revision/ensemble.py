@@ -12,9 +12,8 @@ from nnunet_noisylabels.common.metrics import dice
 from nnunet_noisylabels.revision.base import LABELS_DIR, progress_bar
 from nnunet_noisylabels.revision.inputs import RevisionInputs
 
-# --method ensemble warns when its members' labels agree less than this (mean Dice per class). On JSRT at 64 px they
-# agree at 0.95-0.97 on the lung (lung-only map), 0.92 / 0.88 on lung / heart of the 3-class map, and 0.57 on the
-# clavicles, which plain nnU-Net did not learn from the 15 clean pairs (there the mean is worse than the network alone)
+# --method ensemble warns when its members' labels agree less than this (mean Dice per class between the two): well
+# below their agreement on structures both learn, as low as where one member failed to learn one (BENCHMARKS.md)
 ENSEMBLE_AGREEMENT_WARN = 0.8
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_noisylabels.common import raw_dataset
+from nnunet_noisylabels.common.cpu_plans import CPU_SUFFIX, add_cpu_configuration
 from nnunet_noisylabels.revision.auxiliary import AuxDataset, aux_dataset_json
 from nnunet_noisylabels.revision.base import (BRANCH_NOISE_DIR, DEFAULT_CHECKPOINT, DEFAULT_TRAINERS, NOISE_MAP_LABELS,
                                               NOISE_NONE, NOISE_OVER, NOISE_SWAP, NOISE_UNDER, RevisionError,
@@ -49,6 +50,8 @@ class NnUNetModelStep:
         use_mirroring: nnU-Net's test-time mirroring when predicting (off: 4x (2D) to 8x (3D) faster on CPU).
         save_probabilities: also write nnU-Net's ``.npz`` probabilities and ``.pkl`` properties per case (needed
             by :func:`average_member_predictions`).
+        cpu_plans: train the configuration ``<configuration>_cpu`` (narrower, smaller batch; see
+            :mod:`nnunet_noisylabels.common.cpu_plans`) added to the plans, on the same preprocessed data.
     """
 
     configuration: str | None = None
@@ -64,9 +67,15 @@ class NnUNetModelStep:
     save_noise_maps: bool = True
     use_mirroring: bool = True
     save_probabilities: bool = False
+    cpu_plans: bool = False
 
     def _config(self) -> str:
+        """The configuration nnU-Net plans and preprocesses."""
         return self.configuration or ("2d" if self.dimensionality == 2 else "3d_fullres")
+
+    def _train_config(self) -> str:
+        """The configuration trained: the planned one, or its CPU variant."""
+        return self._config() + (CPU_SUFFIX if self.cpu_plans else "")
 
     def train(self, aux: AuxDataset) -> Path:
         """Plan, preprocess and train on the auxiliary dataset; returns the model folder."""
@@ -87,13 +96,16 @@ class NnUNetModelStep:
             raise RevisionError(f"Planner wrote plans '{plans_identifier}', expected '{self.plans_identifier}'.")
         preprocess_dataset(aux_id, plans_identifier, [self._config()], [np_], verbose=False,
                            show_progress_bar=self.progress)
+        if self.cpu_plans:
+            add_cpu_configuration(Path(os.environ["nnUNet_preprocessed"]) / aux.name, self._config(),
+                                  plans_identifier)
         fold = self.fold if self.fold == "all" else int(self.fold)
-        trainer = get_trainer_from_args(str(aux_id), self._config(), fold, self.trainer, plans_identifier,
+        trainer = get_trainer_from_args(str(aux_id), self._train_config(), fold, self.trainer, plans_identifier,
                                         device=torch.device(self.device))
         # No final validation: with fold 'all' it would only re-predict the training cases.
         trainer.run_training()
         del trainer
-        return Path(get_output_folder(aux_id, self.trainer, plans_identifier, self._config()))
+        return Path(get_output_folder(aux_id, self.trainer, plans_identifier, self._train_config()))
 
     def predictor(self, model_folder: Path):
         """An ``nnUNetPredictor`` loaded from ``model_folder`` (fold and checkpoint of this step)."""
@@ -155,7 +167,7 @@ class NnUNetModelStep:
         return {"model_folder": str(model), "trained_here": trained, "fold": self.fold,
                 "branch_noise_maps": str(branch_maps) if branch_maps is not None else None,
                 "checkpoint": self.checkpoint, "checkpoint_sha256": sha256_file(ckpt) if ckpt.is_file() else None,
-                "trainer": _load_checkpoint_trainer_name(ckpt) or self.trainer, "configuration": self._config(),
+                "trainer": _load_checkpoint_trainer_name(ckpt) or self.trainer, "configuration": self._train_config(),
                 "plans_identifier": self.plans_identifier, "device": self.device, "use_mirroring": self.use_mirroring}
 
 

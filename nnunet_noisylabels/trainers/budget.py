@@ -7,6 +7,8 @@ variants, from environment variables so that every arm of a benchmark runs at ex
 - ``nnUNet_nl_epochs``: number of epochs
 - ``nnUNet_nl_iterations``: training iterations per epoch
 - ``nnUNet_nl_val_iterations``: validation iterations per epoch
+- ``nnUNet_nl_seed``: seed of torch, numpy and random, set before the networks are built (benchmarks repeat every
+  arm with a few seeds to measure run-to-run spread; nnU-Net's data-augmentation workers still draw their own)
 - ``nnUNet_nl_skip_final_validation=1``: with fold ``all``, skip nnU-Net's final validation (it would predict the
   training cases themselves, which measures nothing; benchmarks score a held-out test split instead)
 
@@ -17,10 +19,13 @@ from __future__ import annotations
 
 import math
 import os
+import random
 
+import numpy as np
 import torch
 
 SKIP_FINAL_VALIDATION_ENV = "nnUNet_nl_skip_final_validation"
+SEED_ENV = "nnUNet_nl_seed"
 BUDGET_ENV = {"num_epochs": "nnUNet_nl_epochs", "num_iterations_per_epoch": "nnUNet_nl_iterations",
               "num_val_iterations_per_epoch": "nnUNet_nl_val_iterations"}
 
@@ -61,6 +66,11 @@ class BudgetMixin:
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.budget_from_env and os.environ.get(SEED_ENV):
+            seed = int(os.environ[SEED_ENV])
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
         for attr, value in (("num_epochs", self.budget_epochs), ("num_iterations_per_epoch", self.budget_iterations),
                             ("num_val_iterations_per_epoch", self.budget_val_iterations)):
             if value is not None:

@@ -91,9 +91,7 @@ def fuse_probabilities(revised_probs: torch.Tensor, over_probs: torch.Tensor, un
     - ``"mean"``: ``(p + c) / 2``;
     - ``"product"``: ``sqrt(p * c)`` renormalized (both must agree).
 
-    ``"mean"`` is the default: on synthetic planted noise (dilation, boxes; binary and 3-class) it was best or
-    within 0.003 Dice of the best rule, while ``"noise"`` alone lost 0.07 Dice with 3 classes
-    (``benchmarks/nin_fusion_rules.py``).
+    ``"mean"`` is the default; ``benchmarks/nin_fusion_rules.py`` compares the rules (results in BENCHMARKS.md).
 
     Args:
         revised_probs: (B, K, ...) softmax of the revised head.

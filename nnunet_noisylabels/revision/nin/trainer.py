@@ -250,8 +250,7 @@ class NoiseIdentificationTrainer(nnUNetTrainer):
 class NoiseIdentificationTrainer_labelDrop(NoiseIdentificationTrainer):
     """The imperfect label is withheld (all zeros) for a third of the training samples.
 
-    Not the default: on JSRT lung it moved the revised labels' Dice from 0.9547 to 0.9556 under Markov noise but from
-    0.9475 to 0.9389 under the alpha/beta protocol (BENCHMARKS.md, phase-1 variants).
+    Not the default (BENCHMARKS.md, phase-1 variants, has its measured effect).
     """
 
     label_drop_probability = 1 / 3
@@ -260,9 +259,8 @@ class NoiseIdentificationTrainer_labelDrop(NoiseIdentificationTrainer):
 class NoiseIdentificationTrainer_labelMorph(NoiseIdentificationTrainer):
     """The imperfect label is dilated or eroded by 1-2 voxels for half of the training samples.
 
-    Not the default: on JSRT lung with Markov noise the revised labels' Dice fell from 0.9547 to 0.9518; on the
-    3-class map under alpha/beta noise it rose from 0.9467 to 0.9501 alone, but the network grows less confident and
-    in ``--method ensemble`` the clean-only member outweighs it (0.949 against 0.958 with the default network).
+    Not the default: the network grows less confident, so that in ``--method ensemble`` the clean-only member
+    outweighs it (BENCHMARKS.md, phase-1 variants, has its measured effect).
     """
 
     label_morph_probability = 0.5
@@ -271,14 +269,9 @@ class NoiseIdentificationTrainer_labelMorph(NoiseIdentificationTrainer):
 class NoiseIdentificationTrainer_labelShift(NoiseIdentificationTrainer):
     """The imperfect label is moved against the image (rotation <= 15 degrees, shift <= 10%) for a third of the samples.
 
-    Not the default: on JSRT lung at 48 epochs it lifted the affine-moved labels of the alpha/beta protocol from 0.924
-    to 0.958 Dice (mean 0.9707 -> 0.9749) but lowered the dilated/eroded ones and the boxes a little (0.9694 ->
-    0.9670), and left Markov noise as it was (0.9673 -> 0.9679) (BENCHMARKS.md, section 5g). Half of the moved
-    samples move each class on its own (no effect on a binary map): on the 3-class map under alpha/beta noise, where
-    every structure is moved by its own draw, the network's predictions (with ``--realign``, before the consistency
-    gate) of the affine-moved labels rose from 0.868 to 0.910 (all classes moved together: 0.908), but those of
-    every other kind fell: 0.9466 -> 0.9474 in all (BENCHMARKS.md, section 5i). See
-    :func:`misregister_label_channels`.
+    For labels that can be displaced as a whole or structure by structure; not the default, since it trusts
+    correctly placed labels a little less (BENCHMARKS.md, phase-1 variants, has its measured effect). Half of the
+    moved samples move each class on its own (no effect on a binary map). See :func:`misregister_label_channels`.
     """
 
     label_shift_probability = 1 / 3
