@@ -2,12 +2,15 @@
 
 Each work folder is one noise protocol (or strength); its x position is the mean Dice of the imperfect training labels
 against the clean ones (``label_quality.csv``), so weaker noise sits to the right. One line per arm, one marker per
-folder, annotated with the folder's protocol. The arms that are absent from a folder are skipped there.
+folder, annotated with the folder's protocol. The arms that are absent from a folder are skipped there. With
+``--x clean_pairs`` the x position is the folder's number of clean pairs instead (one folder per --clean_fraction).
 
-Example:
+Examples:
 
     python benchmarks/plot_results.py bench_output/jsrt_lung_markov bench_output/jsrt_lung_alpha_beta \\
         bench_output/jsrt_lung_box -o benchmarks/results_jsrt_lung.png --title "JSRT lung, 10% clean, CPU budget"
+    python benchmarks/plot_results.py bench_output/jsrt_lung_markov_clean0.* --x clean_pairs \\
+        -o benchmarks/clean_pairs_jsrt_lung.png --title "JSRT lung, Markov noise: how many clean pairs"
 """
 from __future__ import annotations
 
@@ -45,7 +48,11 @@ def read_folder(work: Path) -> dict:
         arms = {r["arm"]: _mean_and_error(r) for r in csv.DictReader(f)}
     settings = work / "settings.json"
     protocol = json.loads(settings.read_text())["protocol"] if settings.is_file() else work.name
-    return {"protocol": protocol, "imperfect_dice": imperfect[0], "arms": arms}
+    folder = {"protocol": protocol, "imperfect_dice": imperfect[0], "arms": arms}
+    manifests = sorted(work.glob("nnUNet_raw/Dataset*/corruption_manifest.json"))
+    if manifests:
+        folder["clean_pairs"] = json.loads(manifests[0].read_text())["summary"]["num_clean_subset"]
+    return folder
 
 
 def _mean_and_error(row: dict) -> tuple[float, float | tuple[float, float]]:
@@ -57,17 +64,24 @@ def _mean_and_error(row: dict) -> tuple[float, float | tuple[float, float]]:
     return mean, float(row["dice_sd"])
 
 
-def plot(folders: list[dict], output: Path, title: str) -> None:
+X_AXES = {"imperfect_dice": "Dice of the imperfect training labels vs clean (lower = stronger noise)",
+          "clean_pairs": "number of clean pairs"}
+
+
+def plot(folders: list[dict], output: Path, title: str, x_axis: str = "imperfect_dice") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folders = sorted(folders, key=lambda f: f["imperfect_dice"])
+    missing = [f["protocol"] for f in folders if x_axis not in f]
+    if missing:
+        raise SystemExit(f"no {x_axis} for {missing}: their work folders lack nnUNet_raw/*/corruption_manifest.json")
+    folders = sorted(folders, key=lambda f: f[x_axis])
     names = list(ARM_STYLE) + sorted({a for f in folders for a in f["arms"]} - set(ARM_STYLE))
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for arm in names:
-        pts = [(f["imperfect_dice"], *f["arms"][arm]) for f in folders if arm in f["arms"]]
+        pts = [(f[x_axis], *f["arms"][arm]) for f in folders if arm in f["arms"]]
         if not pts:
             continue
         label, color, marker = ARM_STYLE.get(arm, (arm, "grey", "."))
@@ -76,10 +90,10 @@ def plot(folders: list[dict], output: Path, title: str) -> None:
         ax.errorbar(x, y, yerr=err, label=label, color=color, marker=marker, capsize=3, linewidth=1.2,
                     linestyle="-" if len(pts) > 1 else "none")
     for f in folders:
-        ax.axvline(f["imperfect_dice"], color="0.85", linewidth=0.8, zorder=0)
-        ax.annotate(f["protocol"], (f["imperfect_dice"], 1.0), xycoords=("data", "axes fraction"),
+        ax.axvline(f[x_axis], color="0.85", linewidth=0.8, zorder=0)
+        ax.annotate(f["protocol"], (f[x_axis], 1.0), xycoords=("data", "axes fraction"),
                     xytext=(2, -12), textcoords="offset points", fontsize=8, color="0.35")
-    ax.set_xlabel("Dice of the imperfect training labels vs clean (lower = stronger noise)")
+    ax.set_xlabel(X_AXES[x_axis])
     ax.set_ylabel("test Dice (mean, 95% CI over held-out cases; sd for single-seed runs)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -95,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("work", nargs="+", help="run_benchmark.py work folders (one per protocol or strength)")
     p.add_argument("-o", "--output", required=True, help="PNG to write")
     p.add_argument("--title", default="Test Dice per arm across label-noise strengths")
+    p.add_argument("--x", dest="x_axis", choices=sorted(X_AXES), default="imperfect_dice",
+                   help="x axis: the imperfect labels' Dice (one folder per protocol) or the number of clean pairs "
+                        "(one folder per --clean_fraction)")
     a = p.parse_args(argv)
-    plot([read_folder(Path(w)) for w in a.work], Path(a.output), a.title)
+    plot([read_folder(Path(w)) for w in a.work], Path(a.output), a.title, a.x_axis)
     print(f"wrote {a.output}")
     return 0
 

@@ -242,3 +242,20 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert [r["trainer"] for r in result["results"]] == ["nnUNetTrainer", "NoiseRobustTrainer"]
     assert all(r["train_s_per_iter"] > 0 for r in result["results"])
     assert result["results"][1]["params"] > 1.5 * result["results"][0]["params"]  # two networks
+
+
+def test_plot_against_the_number_of_clean_pairs(tmp_path):
+    plot = load_benchmark("plot_results")
+    folders = []
+    for n, d in ((5, 0.90), (20, 0.93)):
+        w = _write_work(tmp_path / f"clean{n}", 0.84, {"nnunet_clean_subset": d - 0.02, "nnunet_revised": d})
+        (w / "nnUNet_raw" / "Dataset701_X").mkdir(parents=True)
+        (w / "nnUNet_raw" / "Dataset701_X" / "corruption_manifest.json").write_text(
+            json.dumps({"summary": {"num_clean_subset": n}}))
+        folders.append(w)
+    assert plot.read_folder(folders[0])["clean_pairs"] == 5
+    out = tmp_path / "clean_pairs.png"
+    assert plot.main([str(f) for f in folders] + ["--x", "clean_pairs", "-o", str(out)]) == 0 and out.is_file()
+    with pytest.raises(SystemExit, match="corruption_manifest"):
+        plot.main([str(_write_work(tmp_path / "old", 0.8, {"nnunet_revised": 0.9})), "--x", "clean_pairs",
+                   "-o", str(tmp_path / "x.png")])
