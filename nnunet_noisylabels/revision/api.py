@@ -240,11 +240,12 @@ def _model_steps(inputs: RevisionInputs, opts: RevisionOptions,
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        chosen = {m: opts.trainer_and_model(m) for m in members}
         for m in members:
-            check_model_choice(inputs, m, opts.configuration, *opts.trainer_and_model(m), str(opts.fold))
-        return {m: NnUNetModelStep(configuration=opts.configuration, trainer=opts.trainer_and_model(m)[0],
+            check_model_choice(inputs, m, opts.configuration, *chosen[m], str(opts.fold))
+        return {m: NnUNetModelStep(configuration=opts.configuration, trainer=chosen[m][0],
                                    fold=str(opts.fold), device=device, num_processes=opts.num_processes,
-                                   model_folder=opts.trainer_and_model(m)[1], progress=opts.progress,
+                                   model_folder=chosen[m][1], progress=opts.progress,
                                    dimensionality=inputs.dimensionality, save_noise_maps=opts.save_noise_maps,
                                    use_mirroring=opts.use_mirroring, save_probabilities=opts.ensemble,
                                    cpu_plans=opts.cpu_plans)
