@@ -74,6 +74,10 @@ ARMS = {
     # nnU-Net / NoiseRobustTrainer on the ensemble revision (both phase-1 models above, softmax averaged)
     "nnunet_ensemble_revised": ("ensemble_revised", "nnUNetTrainer_budget"),
     "robust_ensemble_revised": ("ensemble_revised", "NoiseRobustTrainer_budget"),
+    # the network's revision with its uncertain band as nnU-Net's ignore label (--uncertain_band, same phase-1 model)
+    "nnunet_revised_band": ("revised_band", "nnUNetTrainer_budget"),
+    "robust_revised_band": ("revised_band", "NoiseRobustTrainer_budget"),
+    "robust_revised_band_noPeer": ("revised_band", "NoiseRobustTrainer_noPeer_budget"),
 }
 # revision method of nnUNetv2_nl_revise -> (benchmark dataset key, dataset name suffix, phase-1 trainer)
 REVISIONS = {"nin": ("revised", "revised", "NoiseIdentificationTrainer_budget"),
@@ -82,10 +86,13 @@ REVISIONS = {"nin": ("revised", "revised", "NoiseIdentificationTrainer_budget"),
 # training labels of an arm -> the benchmark dataset that holds them (see Runner.ids)
 LABEL_DATASETS = {"noisy": "noisy", "clean_subset": "clean_subset", "revised": "revised",
                   "clean_only_revised": "clean_only_revised", "ensemble_revised": "ensemble_revised",
-                  "clean_full": "source"}
-DATASET_KEYS = ["source", "noisy", "clean_subset", "revised", "clean_only_revised", "ensemble_revised"]
+                  "revised_band": "revised_band", "clean_full": "source"}
+DATASET_KEYS = ["source", "noisy", "clean_subset", "revised", "clean_only_revised", "ensemble_revised",
+                "revised_band"]
 # the datasets a training seed rewrites (phase 1 is trained per seed); the others are shared by every seed
-PER_SEED_KEYS = ("revised", "clean_only_revised", "ensemble_revised")
+PER_SEED_KEYS = ("revised", "clean_only_revised", "ensemble_revised", "revised_band")
+# margin of the uncertain band (nnUNetv2_nl_revise --uncertain_band's default)
+BAND_MARGIN = 0.5
 SEED_ID_STRIDE = 10
 # the two bars every arm is compared with, per test case
 BARS = {"clean_pairs": "nnunet_clean_subset", "imperfect": "nnunet_noisy"}
@@ -237,8 +244,19 @@ class Runner:
             return self.args.nin_trainer
         return REVISIONS[method][2]
 
-    def revise(self, method: str) -> None:
+    def revision_model(self, method: str) -> str:
+        """The trained phase-1 model folder of a revision (run first)."""
+        self.revise(method)
+        manifest = json.loads((self.folder(REVISIONS[method][0]) / "labelsTr_revision.json").read_text())
+        used = manifest.get("model", {}).get("model_folder")
+        return used if used and Path(used).is_dir() else str(
+            Path(self.env["nnUNet_results"]) / manifest["aux_dataset"] /
+            f"{self.revision_trainer(method)}__nnUNetPlans__{self.train_configuration()}")
+
+    def revise(self, method: str, band: bool = False) -> None:
         key, suffix, _ = REVISIONS[method]
+        if band:  # the network's revision again from its trained model, with the uncertain band
+            key, suffix = "revised_band", "revised_band"
         trainer = self.revision_trainer(method)
         if self.folder(key).is_dir():
             return
@@ -255,22 +273,16 @@ class Runner:
             cmd.append("--realign")
         if method == "ensemble":
             # the two phase-1 models of the other revisions, reused: the ensemble costs their two trainings
-            models = {}
-            for m in ("nin", "clean_only"):
-                self.revise(m)
-                manifest = json.loads((self.folder(REVISIONS[m][0]) / "labelsTr_revision.json").read_text())
-                used = manifest.get("model", {}).get("model_folder")
-                models[m] = used if used and Path(used).is_dir() else str(
-                    Path(self.env["nnUNet_results"]) / manifest["aux_dataset"] /
-                    f"{self.revision_trainer(m)}__nnUNetPlans__{self.train_configuration()}")
-            cmd += ["-tr", self.revision_trainer("nin"), "--model", models["nin"], "--clean_only_tr",
-                    REVISIONS["clean_only"][2], "--clean_only_model", models["clean_only"]]
+            cmd += ["-tr", self.revision_trainer("nin"), "--model", self.revision_model("nin"), "--clean_only_tr",
+                    REVISIONS["clean_only"][2], "--clean_only_model", self.revision_model("clean_only")]
+        elif band:
+            cmd += ["-tr", trainer, "--model", self.revision_model(method), "--uncertain_band", str(BAND_MARGIN)]
         else:
             cmd += ["-tr", trainer]
         saved = self.env["nnUNet_nl_epochs"]
         self.env["nnUNet_nl_epochs"] = str(self.budget["revision_epochs"])
         try:
-            self.sh(cmd, f"revise_{method}")
+            self.sh(cmd, f"revise_{method}" + ("_band" if band else ""))
         finally:
             self.env["nnUNet_nl_epochs"] = saved
 
@@ -315,6 +327,27 @@ class Runner:
         tmp_pred.rename(pred)
         return scores
 
+    def peer_activity(self, arm: str) -> dict | None:
+        """How often a NoiseRobustTrainer arm's peer acted, per epoch (from its checkpoint's log): the share of
+        voxels whose target the peer term changed (mean of the members), and the share of voxels in the ignored band
+        that the peer supervised (0 where the band is ignored). None for other trainers."""
+        labels, trainer = ARMS[arm]
+        if not trainer.startswith("NoiseRobustTrainer"):
+            return None
+        import torch
+
+        key = LABEL_DATASETS[labels]
+        ckpt = (Path(self.env["nnUNet_results"]) / self.folder(key).name /
+                f"{trainer}__nnUNetPlans__{self.train_configuration()}" / "fold_all" / "checkpoint_final.pth")
+        if not ckpt.is_file():
+            return None
+        log = torch.load(ckpt, map_location="cpu", weights_only=False)["logging"]
+        members = sorted(k for k in log if k.startswith("peer_override_net_"))
+        override = np.mean([log[k] for k in members], 0) if members else []
+        band = log.get("peer_band_fraction", [0.0] * len(override))
+        return {"override_per_epoch": [round(float(x), 5) for x in override],
+                "band_per_epoch": [round(float(x), 5) for x in band]}
+
     def find_issues(self, ds: int, config: str) -> None:
         """Out-of-fold probabilities (5-fold CV with --npz) and confident-learning issue maps for the CLSLR arm."""
         name = self.folder("noisy").name
@@ -354,11 +387,14 @@ class Runner:
             self.revise("clean_only")
         if any(ARMS[arm][0] == "ensemble_revised" for arm in a.arms):
             self.revise("ensemble")
+        if any(ARMS[arm][0] == "revised_band" for arm in a.arms):
+            self.revise("nin", band=True)
         scores = {}
         for i, arm in enumerate(a.arms, 1):
             self.say(f"seed {self.seed}, arm {i}/{len(a.arms)}: {arm} ({ARMS[arm][1]} on {ARMS[arm][0]} labels)")
             scores[arm] = self.train_and_score(arm)
             scores[arm]["train_s"] = self.timings.get(f"train_{arm}", float("nan"))
+            scores[arm]["peer"] = self.peer_activity(arm)
             self.say(f"  -> {arm}: Dice {scores[arm]['summary']['dice_mean']:.4f}")
         return scores, label_quality(self.work, [self.ids[REVISIONS[m][0]] for m in REVISIONS])
 
@@ -450,6 +486,20 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
                   + " | ".join(format_difference(r[f"vs_{n}"], r[f"vs_{n}_ci_low"], r[f"vs_{n}_ci_high"])
                                for n in BARS)
                   + f" | {r['dice_seed_sd']:.4f} | {r['hd95_median']:.2f} | {per} | {r['train_s']} |")
+    peer = {arm: [s[arm].get("peer") for s in per_seed] for arm in a.arms
+            if any(s[arm].get("peer") for s in per_seed)}
+    if peer:
+        md += ["", "How often the peer acted (NoiseRobustTrainer arms; share of all training voxels per epoch, mean "
+               "over seeds): where the label is known, the peer term changed the target; in the ignored band, the "
+               "peer supervised.", "", "| arm | peer term, mean over epochs | peer term, last epoch | band "
+               "supervised by the peer, mean over epochs | per epoch (peer term) |", "| --- | --- | --- | --- | --- |"]
+        for arm, runs in peer.items():
+            runs = [r for r in runs if r and r["override_per_epoch"]]
+            over = np.mean([r["override_per_epoch"] for r in runs], 0)
+            band = np.mean([r["band_per_epoch"] for r in runs], 0)
+            md.append(f"| {arm} | {over.mean():.4f} | {over[-1]:.4f} | {band.mean():.4f} | "
+                      f"{' '.join(f'{x:.3f}' for x in over)} |")
+        (work / "peer_activity.json").write_text(json.dumps(peer, indent=1))
     if quality:
         md += ["", "| training labels of the imperfect-only cases | Dice vs clean (mean over seeds ± sd) | cases | "
                "seeds |", "| --- | --- | --- | --- |"]

@@ -145,6 +145,45 @@ def test_softening_schedule_and_hard_targets_without_softening(preprocessed):
             assert torch.equal(q, one_hot(t, 2))
 
 
+def test_band_is_learned_from_the_peer_and_clean_pairs_keep_hard_targets(preprocessed):
+    """With an ignore label the ignored voxels get the peer's prediction (ramped weight) instead of nothing; the
+    samples of clean pairs (named in dataset.json) keep one-hot targets, no peer term; the ablation ignores the band."""
+    from nnunet_noisylabels.robust.soft_targets import one_hot
+    dj = json.loads((preprocessed / "dataset.json").read_text())
+    dj["labels"] = {**dj["labels"], "ignore": 2}
+    dj["nnunet_noisylabels"] = {"clean_cases": ["case_a"]}
+    tr = _trainer(preprocessed, "NoiseRobustTrainer", dataset_json=dj)
+    tr.initialize()
+    assert tr.current_band_weight() == 0.0  # ramped like the peer term: the band is ignored at first
+    tr.current_epoch = tr.num_epochs - 1
+    assert tr.current_band_weight() == pytest.approx(1.0)
+    batch = _batch(tr, 0)
+    for t in batch["target"]:
+        t[:, :, :, :3] = 2  # a band along one edge, in both samples
+    hard = tr.hard_samples(["case_a", "case_b"])
+    assert hard.tolist() == [True, False]
+    peer = [torch.softmax(torch.randn(2, 2, *t.shape[2:]) * 4, 1) for t in batch["target"]]
+    soft, masks, ws = tr.make_soft_targets(batch["target"], peer, tr.current_peer_weight(),
+                                           band_weight=tr.current_band_weight(), hard=hard)
+    for s, (q, m, t, p) in enumerate(zip(soft, masks, batch["target"], peer)):
+        if tr._ds_weights[s] == 0:
+            continue
+        band = (t == 2).expand_as(q)
+        assert torch.equal(q[band], p[band])
+        assert torch.equal(m, torch.ones_like(m))  # band weight 1 at the end of the ramp, known voxels 1
+        known = torch.where(t == 2, torch.zeros_like(t), t)
+        # the clean pair: one-hot wherever the label is known; the other sample is softened
+        assert torch.equal(q[0][~band[0]], one_hot(known, 2)[0][~band[0]])
+        assert not torch.equal(q[1][~band[1]], one_hot(known, 2)[1][~band[1]])
+        assert ws[s][0].sum() == 0 and ws[s][1].sum() > 0  # the peer term acts on the noisy sample only
+    ablation = _trainer(preprocessed, "NoiseRobustTrainer_noPeer", dataset_json=dj)
+    ablation.initialize()
+    ablation.current_epoch = ablation.num_epochs - 1
+    assert ablation.current_band_weight() == 0.0 and ablation.current_peer_weight() == 0.0
+    _, masks, _ = ablation.make_soft_targets(batch["target"], peer, 0.0, band_weight=0.0, hard=hard)
+    assert torch.equal(masks[0], batch["target"][0] != 2)
+
+
 @pytest.mark.slow
 def test_region_based_dataset_is_refused(preprocessed):
     dj = json.loads((preprocessed / "dataset.json").read_text())

@@ -122,3 +122,27 @@ def test_soft_loss_prefers_matching_soft_target():
     # CE part is minimized by the target distribution itself
     assert soft_cross_entropy(logits_match, t) < soft_cross_entropy(logits_hard, t)
     assert torch.isfinite(loss(logits_match, t))
+
+
+def test_fill_band_puts_the_peer_in_the_ignored_voxels_only():
+    from nnunet_noisylabels.robust.soft_targets import fill_band, harden, one_hot
+
+    labels = torch.tensor([[[[0, 1, 1, 0]]], [[[1, 1, 0, 0]]]])  # (2, 1, 1, 4)
+    targets = one_hot(labels, 2)
+    known = torch.tensor([[[[True, True, False, True]]], [[[True, False, True, True]]]])
+    peer = torch.softmax(torch.randn(2, 2, 1, 4), 1)
+    filled, weights = fill_band(targets, known, peer, 0.5)
+    band = ~known.expand_as(targets)
+    assert torch.equal(filled[band], peer[band]) and torch.equal(filled[~band], targets[~band])
+    assert torch.equal(weights, torch.where(known, 1.0, 0.5))
+    # nothing to fill: no ignore label, no peer, or zero weight
+    assert fill_band(targets, None, peer, 0.5)[1] is None
+    assert fill_band(targets, known, None, 0.5)[1] is known
+    assert fill_band(targets, known, peer, 0.0)[0] is targets
+    with pytest.raises(ValueError, match="band_weight"):
+        fill_band(targets, known, peer, 1.5)
+    # hard samples get their one-hot labels back, the others keep their soft targets
+    soft = torch.full_like(targets, 0.5)
+    out = harden(soft, labels, torch.tensor([True, False]))
+    assert torch.equal(out[0], targets[0]) and torch.equal(out[1], soft[1])
+    assert harden(soft, labels, None) is soft

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Train the revision models with the CPU variant of the configuration (CONFIGURATION_cpu: "
                         "narrower features, batch 2, same preprocessed data; see nnUNetv2_nl_plan_cpu), e.g. for 3D "
                         "data without a GPU.")
+    p.add_argument("--uncertain_band", type=float, nargs="?", const=0.5, default=None, metavar="MARGIN",
+                   help="Mark the voxels of the revised cases that the revision is unsure about (top-1 minus top-2 "
+                        "probability below MARGIN, default 0.5; with --method ensemble also where the two models "
+                        "disagree) with nnU-Net's ignore label, declared in the new dataset's dataset.json: every "
+                        "nnU-Net trainer skips them, NoiseRobustTrainer learns them from its peer. The hard revision "
+                        "is kept in labelsTr_hard/. Clean pairs never carry it. Needs -o.")
     p.add_argument("--no_pbar", action="store_true", help="Disable progress bars.")
     return p
 
@@ -97,7 +103,8 @@ def options_from_args(args: argparse.Namespace):
                             keep_consistent=args.keep_consistent, consistency_ratio=args.consistency_ratio,
                             use_mirroring=not args.disable_tta, realign=args.realign,
                             realign_min_gain=args.realign_min_gain, realign_rounds=args.realign_rounds,
-                            cpu_plans=args.cpu_plans, progress=not args.no_pbar)
+                            cpu_plans=args.cpu_plans, uncertain_band=args.uncertain_band,
+                            progress=not args.no_pbar)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,11 @@ from pathlib import Path
 
 from nnunet_noisylabels.common import raw_dataset, safe_fs
 from nnunet_noisylabels.revision.auxiliary import AuxDataset, build_aux_dataset, choose_aux_dataset_name
-from nnunet_noisylabels.revision.base import (AUX_SUFFIX, CLEAN_DIR, DEFAULT_TRAINERS, LABELS_DIR, MANIFEST_NAME,
-                                              MEMBERS, METHODS, NOISE_MAP_LABELS, NOISE_MAPS_DIR, ORIGINALS_DIR,
-                                              REPORT_DIR, RevisionError, RevisionReportError)
+from nnunet_noisylabels.revision.band import uncertain_band
+from nnunet_noisylabels.revision.base import (AUX_SUFFIX, CLEAN_DIR, DATASET_JSON_KEY, DEFAULT_TRAINERS, HARD_DIR,
+                                              LABELS_DIR, MANIFEST_NAME, MEMBERS, METHODS, NOISE_MAP_LABELS,
+                                              NOISE_MAPS_DIR, ORIGINALS_DIR, REPORT_DIR, RevisionError,
+                                              RevisionReportError)
 from nnunet_noisylabels.revision.ensemble import ENSEMBLE_AGREEMENT_WARN, average_member_predictions
 from nnunet_noisylabels.revision.inputs import (RevisionInputs, check_in_place_layout, check_options,
                                                 finish_pending_manifest, pending_manifest_path, preserve_originals,
@@ -85,6 +87,10 @@ class RevisionOptions:
             costs one prediction of the realigned cases).
         cpu_plans: train the phase-1 models with the CPU variant of the configuration (``<configuration>_cpu``:
             narrower features, batch 2; :mod:`nnunet_noisylabels.common.cpu_plans`), e.g. 3D on a laptop.
+        uncertain_band: mark the voxels of the revised cases whose revision is uncertain (margin of the revision
+            probabilities below this; with 'ensemble' also where the two models disagree) with nnU-Net's ignore
+            label, declared in the new dataset's dataset.json; the hard revision goes to ``labelsTr_hard/``
+            (:mod:`.band`). Needs ``output_dataset``. None: no band.
         progress: progress bars.
     """
 
@@ -111,6 +117,7 @@ class RevisionOptions:
     realign_min_gain: float = 0.05
     realign_rounds: int = 3
     cpu_plans: bool = False
+    uncertain_band: float | None = None
     progress: bool = True
 
     @property
@@ -127,6 +134,13 @@ class RevisionOptions:
         if self.method not in METHODS:
             raise RevisionError(f"Unknown method '{self.method}'; choose one of {METHODS}.")
         check_options(self.consistency_ratio, self.realign_min_gain, self.realign_rounds)
+        if self.uncertain_band is not None:
+            if not 0.0 <= self.uncertain_band <= 1.0:
+                raise RevisionError(f"--uncertain_band must lie in [0, 1] (a probability margin), got "
+                                    f"{self.uncertain_band}.")
+            if self.output_dataset is None:
+                raise RevisionError("--uncertain_band adds an ignore label to dataset.json, which is only done in a "
+                                    "new dataset: add -o DatasetXXX_Name.")
 
     def trainer_and_model(self, member: str) -> tuple[str, str | None]:
         """(trainer, model folder or None) of one member."""
@@ -176,8 +190,10 @@ def revise_dataset(dataset: str | int | os.PathLike, options: RevisionOptions | 
     auxes: dict[str, AuxDataset] = {}
     try:
         pred_dir, model_info, realigned, branch_maps = _predict(inputs, opts, steps, aux_folders, auxes, log)
+        ignore_label = _ignore_label(inputs) if opts.uncertain_band is not None else None
         if out_final is not None:
             populate_output_dataset(inputs, target_root, opts.progress)
+            _declare_in_dataset_json(target_root, inputs, opts, ignore_label)
         keep, gate = {}, {"applied": False, "reason": "disabled (--no_keep_consistent)"}
         if opts.keep_consistent:
             keep, gate = consistency_gate(inputs, pred_dir, opts.consistency_ratio, opts.progress)
@@ -193,7 +209,9 @@ def revise_dataset(dataset: str | int | os.PathLike, options: RevisionOptions | 
         write_revised_labels(inputs, pred_dir, target_root, progress=opts.progress,
                              save_noise_maps=opts.save_noise_maps,
                              branch_noise_maps=Path(branch_maps) if branch_maps else None,
-                             before_swap=write_pending_manifest, keep_imperfect=keep, realigned=realigned)
+                             before_swap=write_pending_manifest, keep_imperfect=keep, realigned=realigned,
+                             band_of=None if ignore_label is None else _band_reader(inputs, opts, pred_dir, auxes),
+                             ignore_label=ignore_label)
         os.replace(pending_manifest_path(target_root), target_root / MANIFEST_NAME)
         if out_final is not None:
             os.rename(target_root, out_final)
@@ -247,7 +265,8 @@ def _model_steps(inputs: RevisionInputs, opts: RevisionOptions,
                                    fold=str(opts.fold), device=device, num_processes=opts.num_processes,
                                    model_folder=chosen[m][1], progress=opts.progress,
                                    dimensionality=inputs.dimensionality, save_noise_maps=opts.save_noise_maps,
-                                   use_mirroring=opts.use_mirroring, save_probabilities=opts.ensemble,
+                                   use_mirroring=opts.use_mirroring,
+                                   save_probabilities=opts.ensemble or opts.uncertain_band is not None,
                                    cpu_plans=opts.cpu_plans)
                 for m in members}
     steps = dict(model_step) if isinstance(model_step, Mapping) else {m: model_step for m in members}
@@ -311,7 +330,8 @@ def _predict(inputs: RevisionInputs, opts: RevisionOptions, steps: dict[str, Mod
             inputs, auxes["nin"], steps["nin"], infos["nin"], opts.realign_min_gain, opts.realign_rounds,
             opts.progress, log, reference=pred_dir, refresh=lambda ids: average_member_predictions(
                 inputs, folders, pred_dir, case_ids=ids, keep_probabilities=True))
-    agreement = average_member_predictions(inputs, folders, pred_dir, opts.progress)
+    agreement = average_member_predictions(inputs, folders, pred_dir, opts.progress,
+                                           save_probabilities=opts.uncertain_band is not None)
     low = {k: round(v, 3) for k, v in agreement.items() if v is not None and v < ENSEMBLE_AGREEMENT_WARN}
     if low:
         log(f"Warning: the two revision models disagree on {low} (mean Dice between them < "
@@ -347,8 +367,55 @@ def _manifest(inputs: RevisionInputs, opts: RevisionOptions, out_final: Path | N
         "consistency_gate": gate,
         "realignment": {"enabled": True, "min_gain": opts.realign_min_gain, "rounds": opts.realign_rounds,
                         "num_cases": len(realigned)} if opts.realign else {"enabled": False},
+        "uncertain_band": {"enabled": False} if opts.uncertain_band is None else {
+            "enabled": True, "margin": opts.uncertain_band, "ignore_label": _ignore_label(inputs),
+            "hard_labels_folder": HARD_DIR,
+            "marks": "revised cases: top-1 minus top-2 revision probability below the margin"
+                     + (", or the two models predict different classes" if opts.ensemble else "")
+                     + "; clean pairs and kept imperfect labels never"},
         "versions": {"nnunet_noisylabels": plugin_version(), "nnunetv2": nnunet_version()},
     }
+
+
+def _ignore_label(inputs: RevisionInputs) -> int:
+    """The ignore label a band is written with: one above the highest label (nnU-Net requires the highest)."""
+    return max(int(v) for v in inputs.dataset_json["labels"].values()) + 1
+
+
+def _declare_in_dataset_json(root: Path, inputs: RevisionInputs, opts: RevisionOptions,
+                             ignore_label: int | None) -> None:
+    """A new dataset's dataset.json names its clean pairs (``NoiseRobustTrainer`` keeps hard targets there) and, with
+    a band, declares the ignore label."""
+    djson = raw_dataset.load_json(root / "dataset.json")
+    extra = {"clean_cases": sorted(inputs.clean_ids)}
+    if ignore_label is not None:
+        djson["labels"] = {**djson["labels"], "ignore": ignore_label}
+        extra["uncertain_band"] = {"margin": opts.uncertain_band, "ignore_label": ignore_label}
+    djson[DATASET_JSON_KEY] = extra
+    raw_dataset.write_json_atomic(djson, root / "dataset.json")
+
+
+def _band_reader(inputs: RevisionInputs, opts: RevisionOptions, pred_dir: Path,
+                 auxes: dict[str, AuxDataset]) -> Callable[[str], "np.ndarray"]:
+    """case id -> its uncertain band, from the revision's probabilities (``<case>.npz`` beside its prediction) and,
+    for an ensemble, its members' labels."""
+    import numpy as np
+
+    fe = inputs.file_ending
+    rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
+    members = [auxes[m].folder / "predictionsTs" for m in opts.members] if opts.ensemble else []
+
+    def band_of(case_id: str) -> np.ndarray:
+        npz = pred_dir / f"{case_id}.npz"
+        if not npz.is_file():
+            raise RuntimeError(f"The revision's probabilities of '{case_id}' ({npz}) are missing; {LABELS_DIR}/ was "
+                               f"left unchanged.")
+        with np.load(npz) as f:
+            probs = f["probabilities"]
+        labels = [rw.read_seg(str(m / f"{case_id}{fe}"))[0][0] for m in members]
+        return uncertain_band(probs, opts.uncertain_band, labels)[None]
+
+    return band_of
 
 
 def _write_report(target_root: Path, opts: RevisionOptions, log: Callable[[str], None]) -> None:

@@ -22,6 +22,14 @@ CLEAN_DIR = "labelsTr_clean"
 ORIGINALS_DIR = "labelsTr_imperfect"
 
 
+# the revision without its uncertain band (``--uncertain_band``): what labelsTr would hold without the ignore label
+HARD_DIR = "labelsTr_hard"
+
+# the plugin's key in a revised dataset's dataset.json (nnU-Net ignores unknown keys and copies the file into
+# nnUNet_preprocessed, so trainers read it): {"clean_cases": [...], "uncertain_band": {...}}
+DATASET_JSON_KEY = "nnunet_noisylabels"
+
+
 NOISE_MAPS_DIR = "noise_maps"
 
 

@@ -19,7 +19,8 @@ ENSEMBLE_AGREEMENT_WARN = 0.8
 
 def average_member_predictions(inputs: RevisionInputs, member_folders: list[Path], output_folder: Path,
                                progress: bool = False, case_ids: Iterable[str] | None = None,
-                               keep_probabilities: bool = False) -> dict[str, float | None]:
+                               keep_probabilities: bool = False, save_probabilities: bool = False
+                               ) -> dict[str, float | None]:
     """The ensemble revision: per case to revise, the mean of the members' softmax probabilities, argmax, written to
     ``output_folder`` in the label geometry (nnU-Net's ``ensembling.merge_files``, as ``nnUNetv2_ensemble``).
 
@@ -27,7 +28,8 @@ def average_member_predictions(inputs: RevisionInputs, member_folders: list[Path
     ``<case>.pkl`` (the image properties) for every case, as ``nnUNetPredictor`` writes with
     ``save_probabilities``, plus its own label file. Each member's ``.npz`` is deleted once merged (large for 3D
     data; ``keep_probabilities``: kept, for another merge); its label file stays. ``case_ids``: only these cases
-    (default: every case to revise).
+    (default: every case to revise). ``save_probabilities``: also write the mean probabilities
+    (``output_folder/<case>.npz``, for the uncertain band).
 
     Returns:
         per foreground class name, the mean over cases of the Dice between the first two members' own labels
@@ -50,7 +52,8 @@ def average_member_predictions(inputs: RevisionInputs, member_folders: list[Path
         if missing:
             raise RuntimeError(f"Probabilities of '{case_id}' missing ({', '.join(missing)}); {LABELS_DIR}/ was left "
                                "unchanged.")
-        merge_files([str(f) for f in files], str(output_folder / case_id), fe, rw, labels)
+        merge_files([str(f) for f in files], str(output_folder / case_id), fe, rw, labels,
+                    save_probabilities=save_probabilities)
         a, b = (rw.read_seg(str(Path(f) / f"{case_id}{fe}"))[0] for f in member_folders[:2])
         for name, k in classes.items():
             if (a == k).any() or (b == k).any():

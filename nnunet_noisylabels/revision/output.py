@@ -13,9 +13,10 @@ import numpy as np
 
 from nnunet_noisylabels.common import raw_dataset, safe_fs
 from nnunet_noisylabels.revision.auxiliary import used_dataset_ids
-from nnunet_noisylabels.revision.base import (CLEAN_DIR, LABELS_DIR, NOISE_MAPS_DIR, NOISE_OVER, NOISE_SWAP,
-                                              NOISE_UNDER, ORIGINALS_DIR, RevisionError, link_or_copy, progress_bar,
-                                              sha256_file)
+from nnunet_noisylabels.revision.band import mark_band
+from nnunet_noisylabels.revision.base import (CLEAN_DIR, HARD_DIR, LABELS_DIR, NOISE_MAPS_DIR, NOISE_OVER,
+                                              NOISE_SWAP, NOISE_UNDER, ORIGINALS_DIR, RevisionError, link_or_copy,
+                                              progress_bar, sha256_file)
 from nnunet_noisylabels.revision.consistency import consistent_cases, relative_change
 from nnunet_noisylabels.revision.inputs import RevisionInputs, tmp_folder
 
@@ -73,7 +74,9 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
                          save_noise_maps: bool = True, branch_noise_maps: Path | None = None,
                          before_swap: Callable[[dict[str, dict]], None] | None = None,
                          keep_imperfect: Mapping[str, float] | None = None,
-                         realigned: Mapping[str, dict] | None = None) -> dict[str, dict]:
+                         realigned: Mapping[str, dict] | None = None,
+                         band_of: Callable[[str], np.ndarray] | None = None,
+                         ignore_label: int | None = None) -> dict[str, dict]:
     """Assemble the revised ``labelsTr`` (and ``noise_maps``) of ``target_root`` and swap them in atomically.
 
     Clean cases get their clean label; the others get their prediction from ``predictions/``. Everything is
@@ -87,6 +90,9 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
     Entries of the old folders that are not label files of a case (a user's notes, backups, sub folders) are
     carried over into the new ones (:func:`.safe_fs.swap_in_folder`). The noise maps are swapped in first and
     ``labelsTr`` last.
+    ``band_of(case_id)``: the uncertain band (bool, the label's shape as nnU-Net reads it) of a predicted case,
+    written there with ``ignore_label`` (:mod:`.band`); the hard labels then also go to ``labelsTr_hard/``. Clean
+    cases and cases that keep their imperfect label never carry the band.
 
     Returns:
         per-case records for the manifest.
@@ -100,6 +106,9 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
                            f"; {LABELS_DIR}/ was left unchanged.")
     tmp_labels = tmp_folder(target_root, LABELS_DIR)
     tmp_noise = tmp_folder(target_root, NOISE_MAPS_DIR) if save_noise_maps else None
+    tmp_hard = tmp_folder(target_root, HARD_DIR) if band_of is not None else None
+    if band_of is not None and ignore_label is None:
+        raise ValueError("band_of needs the ignore_label to write the band with")
     records: dict[str, dict] = {}
     try:
         for case_id in progress_bar(inputs.case_ids, "Writing revised labels", progress):
@@ -113,7 +122,15 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
                 raise RuntimeError(f"Revised label of '{case_id}' has shape {new.shape[1:]}, the imperfect one "
                                    f"{imp.shape[1:]}; {LABELS_DIR}/ was left unchanged.")
             raw_dataset.check_label_values(new, inputs.dataset_json, src)
-            shutil.copy2(src, tmp_labels / f"{case_id}{fe}")
+            band_stats = {}
+            if tmp_hard is not None:
+                shutil.copy2(src, tmp_hard / f"{case_id}{fe}")
+            if tmp_hard is not None and src.parent == Path(predictions):
+                band = band_of(case_id)
+                rw.write_seg(mark_band(new, band, ignore_label)[0], str(tmp_labels / f"{case_id}{fe}"), new_props)
+                band_stats = {"band_voxels": int(band.sum()), "band_fraction": float(band.mean())}
+            else:
+                shutil.copy2(src, tmp_labels / f"{case_id}{fe}")
             nmap = noise_map(imp[0], new[0])
             stats = noise_statistics(nmap)
             from_branches = branch_noise_maps is not None and not is_clean and case_id not in (realigned or {})
@@ -131,20 +148,21 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
             records[case_id] = {"source": "clean" if is_clean else "revised",
                                 "imperfect_sha256": sha256_file(inputs.imperfect_label(case_id)),
                                 "revised_sha256": sha256_file(src), **stats,
-                                "noise_map_from": "branches" if from_branches else "difference"}
+                                "noise_map_from": "branches" if from_branches else "difference", **band_stats}
             if realigned and case_id in realigned:
                 records[case_id]["realigned"] = realigned[case_id]
             if kept:
                 records[case_id].update({"kept_imperfect": True, "consistency_score": keep_imperfect[case_id]})
         if before_swap is not None:
             before_swap(records)
-        if tmp_noise is not None:
-            swap_in_folder(tmp_noise, target_root / NOISE_MAPS_DIR)
+        for tmp, name in ((tmp_noise, NOISE_MAPS_DIR), (tmp_hard, HARD_DIR)):
+            if tmp is not None:
+                swap_in_folder(tmp, target_root / name)
         swap_in_folder(tmp_labels, target_root / LABELS_DIR)
     except BaseException:
-        shutil.rmtree(tmp_labels, ignore_errors=True)
-        if tmp_noise is not None:
-            shutil.rmtree(tmp_noise, ignore_errors=True)
+        for tmp in (tmp_labels, tmp_noise, tmp_hard):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
     return records
 

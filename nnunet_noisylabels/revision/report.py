@@ -138,6 +138,8 @@ class _RevisedDataset:
     file_ending: str
     classes: list[int]
     labels_dir: Path
+    band_dir: Path | None
+    ignore_label: int | None
     originals_dir: Path
     noise_dir: Path | None
     truth_dir: Path | None
@@ -152,8 +154,13 @@ class _RevisedDataset:
         fe = djson["file_ending"]
         nm = manifest.get("noise_maps_folder")
         labels_dir = root / manifest["labels_folder"]
+        band = manifest.get("uncertain_band", {})
+        band_dir = None
+        if band.get("enabled"):  # labelsTr carries the ignore label: the revision itself is in labelsTr_hard
+            band_dir, labels_dir = labels_dir, root / band["hard_labels_folder"]
         return cls(root=root, manifest=manifest, file_ending=fe,
-                   classes=sorted(int(v) for v in djson["labels"].values() if int(v) != 0), labels_dir=labels_dir,
+                   classes=sorted(int(v) for k, v in djson["labels"].items() if int(v) != 0 and k != "ignore"),
+                   labels_dir=labels_dir, band_dir=band_dir, ignore_label=band.get("ignore_label"),
                    originals_dir=root / manifest["originals_folder"],
                    noise_dir=root / nm if nm and (root / nm).is_dir() else None,
                    truth_dir=Path(truth_folder) if truth_folder is not None else None,
@@ -190,8 +197,8 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     cases = sorted(ds.manifest["cases"])
     rows = {case_id: _case_row(ds, case_id) for case_id in progress_bar(cases, "Revision report", progress)}
     revised = [c for c in cases if rows[c]["source"] == "revised"]
-    mean_keys = ["fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "flagged_over",
-                 "flagged_under", "flagged_over_share_of_imperfect_fg", "flagged_under_share_of_imperfect_fg",
+    mean_keys = ["fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "band_fraction",
+                 "flagged_over", "flagged_under", "flagged_over_share_of_imperfect_fg", "flagged_under_share_of_imperfect_fg",
                  "dice_imperfect", "dice_revised", "hd95_imperfect", "hd95_revised"]
     mean = {k: _finite_mean([rows[c].get(k) for c in revised]) for k in mean_keys}
     mean["num_cases"] = len(revised)
@@ -225,6 +232,8 @@ def _case_row(ds: _RevisedDataset, case_id: str) -> dict:
            "kept imperfect" if rec.get("kept_imperfect") else
            "realigned, predicted again" if rec.get("realigned") else "predicted"}
     row.update(case_metrics(imp2, rev2, nmap2, truth2, ds.classes, spacing))
+    if "band_fraction" in rec:
+        row["band_fraction"] = rec["band_fraction"]
     return row
 
 
@@ -254,6 +263,9 @@ def _write_overlays(ds: _RevisedDataset, rows: dict[str, dict], revised: list[st
         saved = ds.read(ds.noise_dir, case_id)
         panels["noise (red over, blue under, yellow both)"] = _middle_slice(
             saved[0][0] if saved is not None else noise_map(imp, rev))
+        if ds.band_dir is not None:
+            panels["uncertain band (ignore label)"] = _middle_slice(
+                (ds.read(ds.band_dir, case_id)[0][0] == ds.ignore_label).astype(np.uint8))
         image = _middle_slice(img[0]) if img is not None else np.zeros_like(panels["imperfect"], dtype=float)
         title = f"{case_id} ({tag}, {kind})"
         if "dice_revised" in rows[case_id]:
@@ -273,6 +285,7 @@ def _stringify_keys(x):
 
 
 _CSV_COLUMNS = ["case", "source", "decision", "fraction_changed", "fraction_over", "fraction_under", "fraction_swap",
+                "band_fraction",
                 "flagged_over", "flagged_under", "flagged_over_share_of_imperfect_fg",
                 "flagged_under_share_of_imperfect_fg", "dice_imperfect", "dice_revised",
                 "hd95_imperfect", "hd95_revised"]
@@ -302,10 +315,10 @@ def _write_markdown(summary: dict, path: Path) -> None:
              f"Method: `{summary['method']}`. Noise maps: {summary['noise_maps_from']}.",
              f"Revised cases: {m['num_cases']} ({m['num_with_truth']} with true labels).", "",
              "| mean over revised cases | value |", "|---|---|"]
-    for k in ("fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "flagged_over",
-              "flagged_under", "dice_imperfect",
-              "dice_revised", "hd95_imperfect", "hd95_revised"):
-        lines.append(f"| {k} | {_fmt(m.get(k))} |")
+    for k in ("fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "band_fraction",
+              "flagged_over", "flagged_under", "dice_imperfect", "dice_revised", "hd95_imperfect", "hd95_revised"):
+        if k != "band_fraction" or m.get(k) is not None:
+            lines.append(f"| {k} | {_fmt(m.get(k))} |")
     lines += ["", "| case | decision | changed | flagged over | flagged under | Dice imperfect | Dice revised | "
                   "HD95 imperfect | HD95 revised |", "|---|---|---|---|---|---|---|---|---|"]
     for case_id, r in summary["cases"].items():

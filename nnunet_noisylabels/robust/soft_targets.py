@@ -172,6 +172,41 @@ def mix_peer(targets: torch.Tensor, labels: torch.Tensor, peer_probs: torch.Tens
     return torch.lerp(targets, peer_probs, peer_w), peer_w
 
 
+def fill_band(targets: torch.Tensor, loss_mask: torch.Tensor | None, peer_probs: torch.Tensor | None,
+              band_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross pseudo-supervision in the ignored voxels: there the target is the peer's prediction, with weight
+    ``band_weight``; elsewhere targets and mask are unchanged.
+
+    Args:
+        targets: (B, C, ...) targets of the supervised voxels (anything in the ignored ones).
+        loss_mask: (B, 1, ...) bool mask of the supervised voxels, or None (nothing ignored: nothing to fill).
+        peer_probs: (B, C, ...) the peer's probabilities (detached), or None (no peer: the band stays ignored).
+        band_weight: weight of a band voxel in the loss, in [0, 1] (ramp-up included); 0 keeps it ignored.
+
+    Returns:
+        ``(targets, weights)``: (B, C, ...) float32 targets and (B, 1, ...) float32 per-voxel loss weights (1 where
+        the label is known, ``band_weight`` in the band), or the inputs unchanged when there is nothing to fill.
+    """
+    if not 0.0 <= band_weight <= 1.0:
+        raise ValueError(f"band_weight must be in [0, 1], got {band_weight}")
+    if loss_mask is None or peer_probs is None or band_weight == 0.0:
+        return targets, loss_mask
+    if peer_probs.shape != targets.shape:
+        raise ValueError(f"peer_probs shape {tuple(peer_probs.shape)} does not match targets {tuple(targets.shape)}")
+    band = ~loss_mask.bool()
+    filled = torch.where(band, peer_probs.detach().to(torch.float32), targets)
+    return filled, loss_mask.to(torch.float32) + band.to(torch.float32) * band_weight
+
+
+def harden(targets: torch.Tensor, labels: torch.Tensor, hard: torch.Tensor | None) -> torch.Tensor:
+    """One-hot labels instead of the soft targets for the samples flagged in ``hard`` (B,) bool (e.g. clean pairs);
+    ``labels`` (B, 1, ...) as :func:`label_targets` returns them."""
+    if hard is None or not bool(hard.any()):
+        return targets
+    flag = hard.view(-1, *([1] * (targets.ndim - 1))).to(targets.device)
+    return torch.where(flag, one_hot(labels, targets.shape[1]), targets)
+
+
 def soften_targets(labels: torch.Tensor, peer_probs: torch.Tensor | None, num_classes: int, peer_weight: float = 0.0,
                    confidence_threshold: float = 0.8, boundary_eps: float = 0.0, boundary_kernel: int = 3,
                    ignore_label: int | None = None, check_labels: bool = True

@@ -33,7 +33,9 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_noisylabels.robust.soft_targets import SoftDiceCELoss, label_targets, mix_peer, sigmoid_rampup
+from nnunet_noisylabels.revision.base import DATASET_JSON_KEY
+from nnunet_noisylabels.robust.soft_targets import (SoftDiceCELoss, fill_band, harden, label_targets, mix_peer,
+                                                    sigmoid_rampup)
 from nnunet_noisylabels.robust.twin import TwinNetwork, mean_outputs
 
 
@@ -53,7 +55,13 @@ class NoiseRobustTrainer(nnUNetTrainer):
         softening_boundary_kernel: window size (voxels, odd) of the boundary softening, at every DS scale.
         softening_rampup_fraction: the peer weight follows ``exp(-5 (1 - t)^2)`` over this fraction of
             ``num_epochs`` (0 at epoch 0, full afterwards); 0 disables the ramp.
+        band_peer_weight: loss weight (ramped as the peer weight) of the voxels that carry the ignore label, e.g.
+            the uncertain band of ``nnUNetv2_nl_revise --uncertain_band``: there each member learns from its peer's
+            prediction (cross pseudo-supervision) instead of from nothing; 0 leaves them ignored, as nnU-Net does.
         grad_clip_norm: gradient-norm clip applied to each member separately (nnU-Net's 12).
+
+    Clean pairs: the cases that dataset.json names in ``["nnunet_noisylabels"]["clean_cases"]`` (a dataset written by
+    ``nnUNetv2_nl_revise -o``) keep hard one-hot targets: no boundary softening, no peer term.
     """
 
     num_networks: int = 2
@@ -72,7 +80,9 @@ class NoiseRobustTrainer(nnUNetTrainer):
         self.softening_boundary_eps = 0.1
         self.softening_boundary_kernel = 3
         self.softening_rampup_fraction = 0.2
+        self.band_peer_weight = 1.0
         self.grad_clip_norm = 12.0
+        self.clean_cases = frozenset(dataset_json.get(DATASET_JSON_KEY, {}).get("clean_cases", []))
         self._register_log_keys()
 
     # --- network ----------------------------------------------------------------------------------------------
@@ -113,7 +123,8 @@ class NoiseRobustTrainer(nnUNetTrainer):
         return {"enable_softening": self.enable_softening, "peer_weight": self.softening_peer_weight,
                 "confidence_threshold": self.softening_confidence_threshold,
                 "boundary_eps": self.softening_boundary_eps, "boundary_kernel": self.softening_boundary_kernel,
-                "rampup_fraction": self.softening_rampup_fraction}
+                "rampup_fraction": self.softening_rampup_fraction, "band_peer_weight": self.band_peer_weight,
+                "ignore_label": self.label_manager.ignore_label, "clean_cases_with_hard_targets": len(self.clean_cases)}
 
     # --- loss and targets -------------------------------------------------------------------------------------
     def _build_loss(self):
@@ -134,32 +145,63 @@ class NoiseRobustTrainer(nnUNetTrainer):
         return self.softening_peer_weight * sigmoid_rampup(self.current_epoch,
                                                            self.softening_rampup_fraction * self.num_epochs)
 
-    def label_targets(self, targets: List[torch.Tensor], check_labels: bool = True) -> list:
-        """Boundary-smoothed label targets at every deep-supervision scale, shared by all members (None where a scale
-        has no loss weight). ``check_labels`` validates the label range on the full-resolution target only."""
-        eps = self.softening_boundary_eps if self.enable_softening else 0.0
-        return [None if s < len(self._ds_weights) and self._ds_weights[s] == 0 else
-                label_targets(t, self.label_manager.num_segmentation_heads, eps, self.softening_boundary_kernel,
-                              self.label_manager.ignore_label, check_labels=check_labels and s == 0)
-                for s, t in enumerate(targets)]
+    def current_band_weight(self) -> float:
+        """Loss weight of the ignored voxels this epoch (their target: the peer), ramped as the peer weight."""
+        if not self.enable_softening or self.label_manager.ignore_label is None:
+            return 0.0
+        return self.band_peer_weight * sigmoid_rampup(self.current_epoch,
+                                                      self.softening_rampup_fraction * self.num_epochs)
 
-    def member_targets(self, base: list, peer_probs: List[torch.Tensor | None] | None, peer_weight: float):
-        """One member's soft targets, loss masks and peer weights per scale, from :meth:`label_targets`."""
+    def hard_samples(self, keys) -> torch.Tensor | None:
+        """(B,) bool: which samples of a batch are clean pairs (hard targets), from the batch's case keys."""
+        if not self.clean_cases or keys is None:
+            return None
+        return torch.tensor([str(k) in self.clean_cases for k in keys], dtype=torch.bool, device=self.device)
+
+    def label_targets(self, targets: List[torch.Tensor], check_labels: bool = True,
+                      hard: torch.Tensor | None = None) -> list:
+        """Boundary-smoothed label targets at every deep-supervision scale, shared by all members (None where a scale
+        has no loss weight); one-hot for the ``hard`` samples. ``check_labels`` validates the label range on the
+        full-resolution target only."""
+        eps = self.softening_boundary_eps if self.enable_softening else 0.0
+        out = []
+        for s, t in enumerate(targets):
+            if s < len(self._ds_weights) and self._ds_weights[s] == 0:
+                out.append(None)
+                continue
+            q, labels, m = label_targets(t, self.label_manager.num_segmentation_heads, eps,
+                                         self.softening_boundary_kernel, self.label_manager.ignore_label,
+                                         check_labels=check_labels and s == 0)
+            out.append((harden(q, labels, hard), labels, m, hard))
+        return out
+
+    def member_targets(self, base: list, peer_probs: List[torch.Tensor | None] | None, peer_weight: float,
+                       band_weight: float = 0.0):
+        """One member's soft targets, loss masks (float weights where the band is filled) and peer weights per scale,
+        from :meth:`label_targets`: the peer term where the label is known (never on hard samples), the peer's
+        prediction in the ignored voxels (weight ``band_weight``)."""
         soft, masks, weights = [], [], []
         for s, b in enumerate(base):
             if b is None:
                 soft.append(None), masks.append(None), weights.append(None)
                 continue
-            q, labels, m = b
-            q, w = mix_peer(q, labels, None if peer_probs is None else peer_probs[s], peer_weight,
-                            self.softening_confidence_threshold, m)
-            soft.append(q), masks.append(m), weights.append(w)
+            q, labels, m, hard = b
+            peer = None if peer_probs is None else peer_probs[s]
+            known = m
+            if hard is not None:
+                soft_samples = (~hard).view(-1, *([1] * (labels.ndim - 1)))
+                known = soft_samples if m is None else m & soft_samples
+            q, w = mix_peer(q, labels, peer, peer_weight, self.softening_confidence_threshold, known)
+            q, mask = fill_band(q, m, peer, band_weight)
+            soft.append(q), masks.append(mask), weights.append(w)
         return soft, masks, weights
 
     def make_soft_targets(self, targets: List[torch.Tensor], peer_probs: List[torch.Tensor | None] | None,
-                          peer_weight: float, check_labels: bool = True):
+                          peer_weight: float, check_labels: bool = True, band_weight: float = 0.0,
+                          hard: torch.Tensor | None = None):
         """Soft targets, loss masks and peer weights at every deep-supervision scale (None where unused)."""
-        return self.member_targets(self.label_targets(targets, check_labels), peer_probs, peer_weight)
+        return self.member_targets(self.label_targets(targets, check_labels, hard), peer_probs, peer_weight,
+                                   band_weight)
 
     def _apply_loss(self, output: List[torch.Tensor], soft, masks):
         if self.enable_deep_supervision:
@@ -174,25 +216,28 @@ class NoiseRobustTrainer(nnUNetTrainer):
             else [target.to(self.device, non_blocking=True)]
 
         self.optimizer.zero_grad(set_to_none=True)
-        peer_weight = self.current_peer_weight()
+        peer_weight, band_weight = self.current_peer_weight(), self.current_band_weight()
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             outputs = [o if isinstance(o, (list, tuple)) else [o] for o in self.network(data)]
             n = len(outputs)
             with torch.no_grad():
                 probs = None
-                if peer_weight > 0:
+                if peer_weight > 0 or band_weight > 0:
                     probs = [[torch.softmax(s.detach().float(), 1)
                               if s_i >= len(self._ds_weights) or self._ds_weights[s_i] != 0 else None
                               for s_i, s in enumerate(o)] for o in outputs]
-            base = self.label_targets(targets)  # the label part is the same for every member
+            # the label part is the same for every member
+            base = self.label_targets(targets, hard=self.hard_samples(batch.get('keys')))
             losses, override = [], []
             for i in range(n):
                 # member i learns from member i+1's prediction (itself when it has no twin)
                 soft, masks, ws = self.member_targets(base, None if probs is None else probs[(i + 1) % n],
-                                                      peer_weight)
+                                                      peer_weight, band_weight)
                 losses.append(self._apply_loss(outputs[i], soft, masks))
                 override.append((ws[0] > 0).float().mean())
             l = sum(losses)
+            m0 = base[0][2]
+            band = (~m0).float().mean() if m0 is not None and band_weight > 0 else torch.zeros((), device=l.device)
 
         members = self._twin().members
         if self.grad_scaler is not None:
@@ -210,12 +255,14 @@ class NoiseRobustTrainer(nnUNetTrainer):
 
         with torch.no_grad():
             agree = (outputs[0][0].argmax(1) == outputs[-1][0].argmax(1)).float().mean()
-            stats = torch.stack([l.detach() / n, *[x.detach() for x in losses], *override, agree]).cpu().numpy()
+            stats = torch.stack([l.detach() / n, *[x.detach() for x in losses], *override, agree,
+                                 band.to(l.device)]).cpu().numpy()
         out = {'loss': stats[0]}
         for i in range(n):
             out[f'loss_net_{i}'] = stats[1 + i]
             out[f'peer_override_net_{i}'] = stats[1 + n + i]
-        out['train_agreement'] = stats[-1]
+        out['train_agreement'] = stats[-2]
+        out['peer_band_fraction'] = stats[-1]
         return out
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
@@ -223,9 +270,10 @@ class NoiseRobustTrainer(nnUNetTrainer):
         outputs = collate_outputs(train_outputs)
         n = self._twin().num_members
         for key in [f'loss_net_{i}' for i in range(n)] + [f'peer_override_net_{i}' for i in range(n)] + \
-                   ['train_agreement']:
+                   ['train_agreement', 'peer_band_fraction']:
             self.logger.log(key, self._mean_over_workers(outputs[key]), self.current_epoch)
         self.logger.log('peer_weight', self.current_peer_weight(), self.current_epoch)
+        self.logger.log('band_weight', self.current_band_weight(), self.current_epoch)
 
     # --- validation -------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict) -> dict:
@@ -292,7 +340,8 @@ class NoiseRobustTrainer(nnUNetTrainer):
     def _extra_log_keys(self) -> list[str]:
         n = self.num_networks
         keys = [f'loss_net_{i}' for i in range(n)] + [f'peer_override_net_{i}' for i in range(n)] + \
-            ['train_agreement', 'peer_weight'] + [f'mean_fg_dice_net_{i}' for i in range(n)]
+            ['train_agreement', 'peer_weight', 'peer_band_fraction', 'band_weight'] + \
+            [f'mean_fg_dice_net_{i}' for i in range(n)]
         return keys + (['agreement_fg_dice'] if n > 1 else [])
 
     def _register_log_keys(self):
@@ -324,6 +373,7 @@ class NoiseRobustTrainer(nnUNetTrainer):
                                'pseudo dice', [get(f'mean_fg_dice_net_{i}') for i in range(n)])
         self.print_to_log_file('peer weight', get('peer_weight'), 'peer override fraction',
                                [get(f'peer_override_net_{i}') for i in range(n)],
+                               'band weight', get('band_weight'), 'band fraction', get('peer_band_fraction'),
                                *(['agreement dice', get('agreement_fg_dice')] if n > 1 else []))
         super().on_epoch_end()
 
@@ -339,6 +389,17 @@ class NoiseRobustTrainer_noSoftening(NoiseRobustTrainer):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_softening = False
+
+
+class NoiseRobustTrainer_noPeer(NoiseRobustTrainer):
+    """Ablation: no peer anywhere (no peer term, ignored voxels stay ignored); boundary softening, twin networks and
+    hard clean pairs as :class:`NoiseRobustTrainer`."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.softening_peer_weight = 0.0
+        self.band_peer_weight = 0.0
 
 
 class NoiseRobustTrainer_singleNet(NoiseRobustTrainer):

@@ -23,8 +23,8 @@ from nnunet_noisylabels.baselines.trainers import (nnUNetTrainerCLSLR, nnUNetTra
 from nnunet_noisylabels.revision.nin.trainer import (NoiseIdentificationTrainer, NoiseIdentificationTrainer_labelDrop,
                                                      NoiseIdentificationTrainer_labelMorph,
                                                      NoiseIdentificationTrainer_labelShift)
-from nnunet_noisylabels.robust.trainer import (NoiseRobustTrainer, NoiseRobustTrainer_noSoftening,
-                                               NoiseRobustTrainer_singleNet)
+from nnunet_noisylabels.robust.trainer import (NoiseRobustTrainer, NoiseRobustTrainer_noPeer,
+                                               NoiseRobustTrainer_noSoftening, NoiseRobustTrainer_singleNet)
 from nnunet_noisylabels.trainers.budget import BudgetMixin
 
 # suffix -> class attributes of BudgetMixin (see there)
@@ -49,6 +49,7 @@ VARIANTS: dict[type, dict[str, dict[str, Any]]] = {
                   "budget_overrides": {"softening_rampup_fraction": 0.0, "softening_confidence_threshold": 0.5}},
         "5epochs": {}, "50epochs": {}, "100epochs": {}, "budget": {}},
     NoiseRobustTrainer_noSoftening: {"budget": {}},
+    NoiseRobustTrainer_noPeer: {"budget": {}},
     NoiseRobustTrainer_singleNet: {"budget": {}},
     NoiseIdentificationTrainer: {"debug": {"budget_epochs": 2, "budget_iterations": 3}, "5epochs": {},
                                  "budget": {}},

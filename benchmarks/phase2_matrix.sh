@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Does phase 2 earn its cost? The arms of the uncertain band against nnU-Net on the hard revised labels, at one
+# equal budget, 3 training seeds, on the four settings: JSRT lung (Markov, alpha/beta, boxes) and the JSRT 3-class
+# map (Markov). Each setting is one resumable run_benchmark.py work folder; its results.md has the paired bootstrap
+# CIs per test case and the peer-activity table.
+#
+# Usage: bash benchmarks/phase2_matrix.sh WORK_ROOT [EPOCHS] [DEVICE]
+#   EPOCHS: epochs of 25 iterations per arm (default 40); DEVICE: cpu (default) or cuda.
+# Cost: on the 2-core CPU machine about 20 h at 40 x 25 (an arm ~12 min for nnU-Net, ~24 min for the twins, per
+# seed); with EPOCHS=8 about 4 h. Run one setting on its own by picking its line.
+set -eu -o pipefail
+ROOT="$(mkdir -p "$1" && cd "$1" && pwd)"
+EPOCHS="${2:-40}"
+DEVICE="${3:-cpu}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python}"
+ARMS="nnunet_clean_subset nnunet_revised nnunet_revised_band robust_revised robust_revised_band robust_revised_band_noPeer"
+run() {  # name source protocol revision_epochs
+    "$PYTHON" "$HERE/run_benchmark.py" --source "$2" --size 64 --protocol "$3" --clean_fraction 0.1 --mode cpu \
+        --device "$DEVICE" --epochs "$EPOCHS" --iterations 25 --revision_epochs "$4" --seeds 0 1 2 \
+        --work "$ROOT/$1" --arms $ARMS
+}
+run lung_markov jsrt-lung markov 24
+run lung_alpha_beta jsrt-lung alpha_beta 48
+run lung_box jsrt-lung box 48
+run multi_markov jsrt-multi markov 96
