@@ -36,6 +36,8 @@ import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
+
 from nnunet_noisylabels.common import raw_dataset, safe_fs
 from nnunet_noisylabels.revision.auxiliary import AuxDataset, build_aux_dataset, choose_aux_dataset_name
 from nnunet_noisylabels.revision.band import uncertain_band
@@ -396,11 +398,9 @@ def _declare_in_dataset_json(root: Path, inputs: RevisionInputs, opts: RevisionO
 
 
 def _band_reader(inputs: RevisionInputs, opts: RevisionOptions, pred_dir: Path,
-                 auxes: dict[str, AuxDataset]) -> Callable[[str], "np.ndarray"]:
+                 auxes: dict[str, AuxDataset]) -> Callable[[str], np.ndarray]:
     """case id -> its uncertain band, from the revision's probabilities (``<case>.npz`` beside its prediction) and,
     for an ensemble, its members' labels."""
-    import numpy as np
-
     fe = inputs.file_ending
     rw = raw_dataset.reader_writer(inputs.dataset_json, inputs.imperfect_label(inputs.case_ids[0]))
     members = [auxes[m].folder / "predictionsTs" for m in opts.members] if opts.ensemble else []
