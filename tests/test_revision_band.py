@@ -114,3 +114,24 @@ def test_band_needs_a_new_dataset_and_probabilities(toy2d, capsys):
     assert tree_digest(ds) == before
     assert main(["-d", str(ds), "--uncertain_band"]) == 2
     assert "-o" in capsys.readouterr().err
+
+
+def test_band_analysis_counts_the_errors_the_band_holds(toy2d, capsys):
+    """ProbStep is wrong exactly where its margin is narrow: every error of the hard revision lies in the band."""
+    from conftest import load_benchmark
+
+    ds, truth = toy2d
+    rv.revise_dataset(ds, model_step=ProbStep(truth, _wrong_left), progress=False, log=lambda s: None, report=False,
+                      keep_consistent=False, output_dataset="Dataset106_Analysed", uncertain_band=0.3)
+    analysis = load_benchmark("band_analysis")
+    row = analysis.analyse(ds.parent / "Dataset106_Analysed", truth)
+    assert row["band_share"] == pytest.approx(0.25)
+    assert row["error_outside_band"] == 0.0 and row["errors_held_by_band"] == 1.0
+    # in the band the hard revision is wrong where the truth is background (ProbStep moves it to class 1)
+    assert 0.9 < row["error_in_band"] <= 1.0
+    assert analysis.main([str(ds.parent / "Dataset106_Analysed"), str(truth)]) == 0
+    assert "| Dataset106_Analysed | 0.2500 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no uncertain band"):
+        rv.revise_dataset(ds, model_step=ProbStep(truth, _wrong_left), progress=False, log=lambda s: None,
+                          report=False, output_dataset="Dataset107_NoBand")
+        analysis.analyse(ds.parent / "Dataset107_NoBand", truth)
