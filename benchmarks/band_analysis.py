@@ -10,8 +10,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from nnunet_noisylabels.common.raw_dataset import read_label
 
 
