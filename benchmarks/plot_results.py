@@ -3,7 +3,8 @@
 Each work folder is one noise protocol (or strength); its x position is the mean Dice of the imperfect training labels
 against the clean ones (``label_quality.csv``), so weaker noise sits to the right. One line per arm, one marker per
 folder, annotated with the folder's protocol. The arms that are absent from a folder are skipped there. With
-``--x clean_pairs`` the x position is the folder's number of clean pairs instead (one folder per --clean_fraction).
+``--x clean_pairs`` the x position is the folder's number of clean pairs instead (one folder per --clean_fraction),
+and a second panel shows the label Dice of each revision method. ``--arms`` draws only the arms named.
 
 Examples:
 
@@ -29,6 +30,8 @@ ARM_STYLE = {
     "gce_noisy": ("GCE, imperfect", "tab:brown", "x"),
     "coteaching_noisy": ("Co-teaching, imperfect", "tab:pink", "+"),
     "nnunet_clean_full": ("nnU-Net, all labels clean (ceiling)", "black", "*"),
+    "nnunet_cleanonly_revised": ("nnU-Net, clean-only revision", "tab:olive", "<"),
+    "nnunet_ensemble_revised": ("nnU-Net, ensemble revision", "tab:cyan", ">"),
 }
 
 
@@ -48,7 +51,8 @@ def read_folder(work: Path) -> dict:
         arms = {r["arm"]: _mean_and_error(r) for r in csv.DictReader(f)}
     settings = work / "settings.json"
     protocol = json.loads(settings.read_text())["protocol"] if settings.is_file() else work.name
-    folder = {"protocol": protocol, "imperfect_dice": imperfect[0], "arms": arms}
+    revisions = {r["labels"]: float(r["dice_vs_clean_mean"]) for r in rows if r["labels"].startswith("revised")}
+    folder = {"protocol": protocol, "imperfect_dice": imperfect[0], "arms": arms, "revisions": revisions}
     manifests = sorted(work.glob("nnUNet_raw/Dataset*/corruption_manifest.json"))
     if manifests:
         folder["clean_pairs"] = json.loads(manifests[0].read_text())["summary"]["num_clean_subset"]
@@ -68,7 +72,8 @@ X_AXES = {"imperfect_dice": "Dice of the imperfect training labels vs clean (low
           "clean_pairs": "number of clean pairs"}
 
 
-def plot(folders: list[dict], output: Path, title: str, x_axis: str = "imperfect_dice") -> None:
+def plot(folders: list[dict], output: Path, title: str, x_axis: str = "imperfect_dice",
+         arms: list[str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +84,13 @@ def plot(folders: list[dict], output: Path, title: str, x_axis: str = "imperfect
         raise SystemExit(f"no {x_axis} for {missing}: their work folders lack nnUNet_raw/*/corruption_manifest.json")
     folders = sorted(folders, key=lambda f: f[x_axis])
     names = list(ARM_STYLE) + sorted({a for f in folders for a in f["arms"]} - set(ARM_STYLE))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    if arms:
+        names = [a for a in names if a in arms]
+    with_labels = x_axis == "clean_pairs"
+    fig, axes = plt.subplots(1, 2 if with_labels else 1, figsize=(13 if with_labels else 7.5, 5))
+    ax = axes[1] if with_labels else axes
+    if with_labels:
+        _plot_label_dice(axes[0], folders, x_axis)
     for arm in names:
         pts = [(f[x_axis], *f["arms"][arm]) for f in folders if arm in f["arms"]]
         if not pts:
@@ -94,7 +105,7 @@ def plot(folders: list[dict], output: Path, title: str, x_axis: str = "imperfect
         ax.annotate(f["protocol"], (f[x_axis], 1.0), xycoords=("data", "axes fraction"),
                     xytext=(2, -12), textcoords="offset points", fontsize=8, color="0.35")
     ax.set_xlabel(X_AXES[x_axis])
-    ax.set_ylabel("test Dice (mean, 95% CI over held-out cases; sd for single-seed runs)")
+    ax.set_ylabel("test Dice (mean; bars: 95% CI over test cases, sd for 1 seed)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -104,16 +115,33 @@ def plot(folders: list[dict], output: Path, title: str, x_axis: str = "imperfect
     plt.close(fig)
 
 
+def _plot_label_dice(ax, folders: list[dict], x_axis: str) -> None:
+    """Label Dice (revised vs clean, imperfect-only training cases) of each revision method, and of the imperfect
+    labels, against the x axis."""
+    methods = sorted({m for f in folders for m in f["revisions"]})
+    series = [("imperfect labels", [(f[x_axis], f["imperfect_dice"]) for f in folders])]
+    series += [(m, [(f[x_axis], f["revisions"][m]) for f in folders if m in f["revisions"]]) for m in methods]
+    for name, pts in series:
+        x, y = zip(*pts)
+        ax.plot(x, y, marker="o", label=name)
+    ax.set_xlabel(X_AXES[x_axis])
+    ax.set_ylabel("label Dice vs clean (imperfect-only training cases)")
+    ax.set_title("pseudo masks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("work", nargs="+", help="run_benchmark.py work folders (one per protocol or strength)")
     p.add_argument("-o", "--output", required=True, help="PNG to write")
     p.add_argument("--title", default="Test Dice per arm across label-noise strengths")
+    p.add_argument("--arms", nargs="+", default=None, help="draw only these arms")
     p.add_argument("--x", dest="x_axis", choices=sorted(X_AXES), default="imperfect_dice",
                    help="x axis: the imperfect labels' Dice (one folder per protocol) or the number of clean pairs "
                         "(one folder per --clean_fraction)")
     a = p.parse_args(argv)
-    plot([read_folder(Path(w)) for w in a.work], Path(a.output), a.title, a.x_axis)
+    plot([read_folder(Path(w)) for w in a.work], Path(a.output), a.title, a.x_axis, a.arms)
     print(f"wrote {a.output}")
     return 0
 

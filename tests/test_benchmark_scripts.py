@@ -32,7 +32,8 @@ def test_plot_reads_folders_and_writes_png(tmp_path):
     a = _write_work(tmp_path / "a", 0.84, {"nnunet_noisy": 0.83, "nnunet_revised": 0.93}, protocol="markov")
     b = _write_work(tmp_path / "b", 0.74, {"nnunet_noisy": 0.75, "nnunet_revised": 0.9, "my_arm": 0.8})
     assert plot.read_folder(a) == {"protocol": "markov", "imperfect_dice": 0.84,
-                                   "arms": {"nnunet_noisy": (0.83, 0.01), "nnunet_revised": (0.93, 0.01)}}
+                                   "arms": {"nnunet_noisy": (0.83, 0.01), "nnunet_revised": (0.93, 0.01)},
+                                   "revisions": {"revised, method nin": 0.95}}
     assert plot.read_folder(b)["protocol"] == "b"  # no settings.json: the folder's name
     out = tmp_path / "plots" / "dice.png"
     assert plot.main([str(a), str(b), "-o", str(out)]) == 0
@@ -255,7 +256,20 @@ def test_plot_against_the_number_of_clean_pairs(tmp_path):
         folders.append(w)
     assert plot.read_folder(folders[0])["clean_pairs"] == 5
     out = tmp_path / "clean_pairs.png"
-    assert plot.main([str(f) for f in folders] + ["--x", "clean_pairs", "-o", str(out)]) == 0 and out.is_file()
+    assert plot.main([str(f) for f in folders] + ["--x", "clean_pairs", "-o", str(out), "--arms",
+                                                  "nnunet_revised"]) == 0 and out.is_file()
+    # two panels: the label Dice per revision method, the test Dice of the chosen arm only
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real = plt.Axes.errorbar
+    try:
+        plt.Axes.errorbar = lambda self, *a, **k: drawn.append(k["label"]) or real(self, *a, **k)
+        plot.plot([plot.read_folder(f) for f in folders], tmp_path / "again.png", "t", "clean_pairs",
+                  ["nnunet_revised"])
+    finally:
+        plt.Axes.errorbar = real
+    assert drawn == ["nnU-Net, revised labels (phase 1)"]
     with pytest.raises(SystemExit, match="corruption_manifest"):
         plot.main([str(_write_work(tmp_path / "old", 0.8, {"nnunet_revised": 0.9})), "--x", "clean_pairs",
                    "-o", str(tmp_path / "x.png")])
