@@ -6,8 +6,8 @@
 #
 # Usage: bash benchmarks/phase2_matrix.sh WORK_ROOT [EPOCHS] [DEVICE]
 #   EPOCHS: epochs of 25 iterations per arm (default 40); DEVICE: cpu (default) or cuda.
-# Cost: on the 2-core CPU machine about 20 h at 40 x 25 (an arm ~12 min for nnU-Net, ~24 min for the twins, per
-# seed); with EPOCHS=8 about 4 h. Run one setting on its own by picking its line.
+# Cost on the idle 2-core CPU machine at 40 x 25: an arm ~4.5 min for nnU-Net, ~9 min for the twins, phase 1 ~5 min
+# per seed, so about 2.3 h per setting and 9 h in all; with EPOCHS=8 about 2 h. Run one setting by picking its line.
 set -eu -o pipefail
 ROOT="$(mkdir -p "$1" && cd "$1" && pwd)"
 EPOCHS="${2:-40}"
