@@ -309,7 +309,7 @@ class Runner:
             config = add_cpu_configuration(pre.parent, config)
         if trainer.startswith("nnUNetTrainerCLSLR"):
             self.find_issues(ds, config)
-        out = Path(self.env["nnUNet_results"]) / self.folder(key).name / f"{trainer}__nnUNetPlans__{config}" / "fold_all"
+        out = self.arm_fold(arm)
         if not (out / "checkpoint_final.pth").is_file():
             cont = ["--c"] if (out / "checkpoint_latest.pth").is_file() else []
             self.sh([str(self.bin / "nnUNetv2_train"), str(ds), config, "all", "-tr", trainer,
@@ -327,18 +327,22 @@ class Runner:
         tmp_pred.rename(pred)
         return scores
 
+    def arm_fold(self, arm: str) -> Path:
+        """The fold folder of an arm's trained model (nnU-Net's results layout, fold ``all``)."""
+        labels, trainer = ARMS[arm]
+        return (Path(self.env["nnUNet_results"]) / self.folder(LABEL_DATASETS[labels]).name /
+                f"{trainer}__nnUNetPlans__{self.train_configuration()}" / "fold_all")
+
     def peer_activity(self, arm: str) -> dict | None:
         """How often a NoiseRobustTrainer arm's peer acted, per epoch (from its checkpoint's log): the share of
         voxels whose target the peer term changed (mean of the members), and the share of voxels in the ignored band
         that the peer supervised (0 where the band is ignored). None for other trainers."""
-        labels, trainer = ARMS[arm]
+        trainer = ARMS[arm][1]
         if not trainer.startswith("NoiseRobustTrainer"):
             return None
         import torch
 
-        key = LABEL_DATASETS[labels]
-        ckpt = (Path(self.env["nnUNet_results"]) / self.folder(key).name /
-                f"{trainer}__nnUNetPlans__{self.train_configuration()}" / "fold_all" / "checkpoint_final.pth")
+        ckpt = self.arm_fold(arm) / "checkpoint_final.pth"
         if not ckpt.is_file():
             return None
         log = torch.load(ckpt, map_location="cpu", weights_only=False)["logging"]

@@ -201,7 +201,7 @@ def revise_dataset(dataset: str | int | os.PathLike, options: RevisionOptions | 
             keep, gate = consistency_gate(inputs, pred_dir, opts.consistency_ratio, opts.progress)
             log(f"Consistency gate: {gate['num_kept']} case(s) keep their imperfect label"
                 + ("" if gate["applied"] else f" ({gate.get('reason')})"))
-        manifest = _manifest(inputs, opts, out_final, auxes, model_info, gate, realigned, branch_maps)
+        manifest = _manifest(inputs, opts, out_final, auxes, model_info, gate, realigned, branch_maps, ignore_label)
 
         def write_pending_manifest(records: dict[str, dict]) -> None:
             # written before the labels are swapped in, renamed into place after (see finish_pending_manifest)
@@ -345,7 +345,8 @@ def _predict(inputs: RevisionInputs, opts: RevisionOptions, steps: dict[str, Mod
 
 
 def _manifest(inputs: RevisionInputs, opts: RevisionOptions, out_final: Path | None, auxes: dict[str, AuxDataset],
-              model_info: dict, gate: dict, realigned: dict, branch_maps: str | None) -> dict:
+              model_info: dict, gate: dict, realigned: dict, branch_maps: str | None,
+              ignore_label: int | None) -> dict:
     """The provenance manifest ``labelsTr_revision.json`` (its per-case records are added when they are written)."""
     raw = inputs.raw_folder
     return {
@@ -369,8 +370,8 @@ def _manifest(inputs: RevisionInputs, opts: RevisionOptions, out_final: Path | N
         "consistency_gate": gate,
         "realignment": {"enabled": True, "min_gain": opts.realign_min_gain, "rounds": opts.realign_rounds,
                         "num_cases": len(realigned)} if opts.realign else {"enabled": False},
-        "uncertain_band": {"enabled": False} if opts.uncertain_band is None else {
-            "enabled": True, "margin": opts.uncertain_band, "ignore_label": _ignore_label(inputs),
+        "uncertain_band": {"enabled": False} if ignore_label is None else {
+            "enabled": True, "margin": opts.uncertain_band, "ignore_label": ignore_label,
             "hard_labels_folder": HARD_DIR,
             "marks": "revised cases: top-1 minus top-2 revision probability below the margin"
                      + (", or the two models predict different classes" if opts.ensemble else "")

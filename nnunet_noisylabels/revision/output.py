@@ -125,7 +125,7 @@ def write_revised_labels(inputs: RevisionInputs, predictions: Path, target_root:
             band_stats = {}
             if tmp_hard is not None:
                 shutil.copy2(src, tmp_hard / f"{case_id}{fe}")
-            if tmp_hard is not None and src.parent == Path(predictions):
+            if tmp_hard is not None and not is_clean and not kept:  # a prediction: it carries its band
                 band = band_of(case_id)
                 rw.write_seg(mark_band(new, band, ignore_label)[0], str(tmp_labels / f"{case_id}{fe}"), new_props)
                 band_stats = {"band_voxels": int(band.sum()), "band_fraction": float(band.mean())}

@@ -198,8 +198,9 @@ def write_revision_report(dataset_root: str | os.PathLike, truth_folder: str | o
     rows = {case_id: _case_row(ds, case_id) for case_id in progress_bar(cases, "Revision report", progress)}
     revised = [c for c in cases if rows[c]["source"] == "revised"]
     mean_keys = ["fraction_changed", "fraction_over", "fraction_under", "fraction_swap", "band_fraction",
-                 "flagged_over", "flagged_under", "flagged_over_share_of_imperfect_fg", "flagged_under_share_of_imperfect_fg",
-                 "dice_imperfect", "dice_revised", "hd95_imperfect", "hd95_revised"]
+                 "flagged_over", "flagged_under", "flagged_over_share_of_imperfect_fg",
+                 "flagged_under_share_of_imperfect_fg", "dice_imperfect", "dice_revised", "hd95_imperfect",
+                 "hd95_revised"]
     mean = {k: _finite_mean([rows[c].get(k) for c in revised]) for k in mean_keys}
     mean["num_cases"] = len(revised)
     mean["num_with_truth"] = sum("dice_revised" in rows[c] for c in revised)

@@ -198,12 +198,17 @@ def fill_band(targets: torch.Tensor, loss_mask: torch.Tensor | None, peer_probs:
     return filled, loss_mask.to(torch.float32) + band.to(torch.float32) * band_weight
 
 
+def per_sample(flags: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(B,) per-sample flags shaped (B, 1, ...) with ``ndim`` dimensions, to broadcast over a batch tensor."""
+    return flags.view(-1, *([1] * (ndim - 1)))
+
+
 def harden(targets: torch.Tensor, labels: torch.Tensor, hard: torch.Tensor | None) -> torch.Tensor:
     """One-hot labels instead of the soft targets for the samples flagged in ``hard`` (B,) bool (e.g. clean pairs);
     ``labels`` (B, 1, ...) as :func:`label_targets` returns them."""
     if hard is None or not bool(hard.any()):
         return targets
-    flag = hard.view(-1, *([1] * (targets.ndim - 1))).to(targets.device)
+    flag = per_sample(hard, targets.ndim).to(targets.device)
     return torch.where(flag, one_hot(labels, targets.shape[1]), targets)
 
 

@@ -35,7 +35,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_noisylabels.revision.base import DATASET_JSON_KEY
 from nnunet_noisylabels.robust.soft_targets import (SoftDiceCELoss, fill_band, harden, label_targets, mix_peer,
-                                                    sigmoid_rampup)
+                                                    per_sample, sigmoid_rampup)
 from nnunet_noisylabels.robust.twin import TwinNetwork, mean_outputs
 
 
@@ -138,19 +138,21 @@ class NoiseRobustTrainer(nnUNetTrainer):
         self._ds_weights = (1.0,)
         return loss
 
-    def current_peer_weight(self) -> float:
-        """Peer weight of the current epoch: ``softening_peer_weight`` times the ramp-up (0 without softening)."""
+    def _rampup(self) -> float:
+        """The ramp-up of the peer's weights this epoch (0 without softening)."""
         if not self.enable_softening:
             return 0.0
-        return self.softening_peer_weight * sigmoid_rampup(self.current_epoch,
-                                                           self.softening_rampup_fraction * self.num_epochs)
+        return sigmoid_rampup(self.current_epoch, self.softening_rampup_fraction * self.num_epochs)
+
+    def current_peer_weight(self) -> float:
+        """Peer weight of the current epoch: ``softening_peer_weight`` times the ramp-up (0 without softening)."""
+        return self.softening_peer_weight * self._rampup()
 
     def current_band_weight(self) -> float:
         """Loss weight of the ignored voxels this epoch (their target: the peer), ramped as the peer weight."""
-        if not self.enable_softening or self.label_manager.ignore_label is None:
+        if self.label_manager.ignore_label is None:
             return 0.0
-        return self.band_peer_weight * sigmoid_rampup(self.current_epoch,
-                                                      self.softening_rampup_fraction * self.num_epochs)
+        return self.band_peer_weight * self._rampup()
 
     def hard_samples(self, keys) -> torch.Tensor | None:
         """(B,) bool: which samples of a batch are clean pairs (hard targets), from the batch's case keys."""
@@ -189,7 +191,7 @@ class NoiseRobustTrainer(nnUNetTrainer):
             peer = None if peer_probs is None else peer_probs[s]
             known = m
             if hard is not None:
-                soft_samples = (~hard).view(-1, *([1] * (labels.ndim - 1)))
+                soft_samples = per_sample(~hard, labels.ndim)
                 known = soft_samples if m is None else m & soft_samples
             q, w = mix_peer(q, labels, peer, peer_weight, self.softening_confidence_threshold, known)
             q, mask = fill_band(q, m, peer, band_weight)
