@@ -11,10 +11,13 @@ write one), a noise protocol and a clean fraction, this script
    read by the ``*_budget`` trainers), predicts the test split with ``nnUNetv2_predict`` and scores it
    (Dice and HD95 per structure, mean and spread over cases);
 5. with ``--seeds 0 1 2`` repeats phase 1 and every arm with each training seed (``nnUNet_nl_seed``; the noise and
-   the clean pairs stay those of ``--seed``; another draw of them is another work folder with another ``--seed``);
+   the clean pairs stay those of ``--seed``); with ``--draws 0 1 2``, separately, repeats everything (corruption,
+   clean pairs, phase 1, arms, with every seed) for each draw of the noise and of the clean pairs
+   (``nnUNetv2_nl_corrupt --seed``): the draw equal to ``--seed`` in the work folder, the others in ``drawN/``
+   sub-folders, every one a complete benchmark of its own; the test split (``--split_seed``) is the same for all;
 6. writes ``results.csv``, ``results.md``, ``per_case.csv`` and ``label_quality.csv`` into the work folder: every
-   arm's mean Dice over seeds and cases, and its paired difference to the two bars (nnU-Net on the clean pairs alone,
-   nnU-Net on the imperfect labels) per test case, averaged over the seeds, with a bootstrap 95% CI
+   arm's mean Dice over runs (draws x seeds) and cases, and its paired difference to the two bars (nnU-Net on the
+   clean pairs alone, nnU-Net on the imperfect labels) per test case, averaged over the runs, with a bootstrap 95% CI
    (``bench_stats.py``).
 
 Every finished step leaves its output behind and is skipped on a re-run, so a killed run resumes where it stopped
@@ -403,12 +406,26 @@ class Runner:
         return scores, label_quality(self.work, [self.ids[REVISIONS[m][0]] for m in REVISIONS])
 
 
+def draw_args(args: argparse.Namespace, draw: int) -> argparse.Namespace:
+    """The arguments of one noise/clean-pair draw: ``--seed`` is the draw; a draw other than ``--seed`` is a complete
+    benchmark in the ``drawN/`` sub-folder of the work folder."""
+    work = Path(args.work) if draw == args.seed else Path(args.work) / f"draw{draw}"
+    return argparse.Namespace(**{**vars(args), "seed": draw, "work": str(work)})
+
+
 def run_benchmark(args: argparse.Namespace) -> None:
-    """Every seed's run, then the tables over seeds."""
-    runners = [Runner(args, s) for s in args.seeds]
-    runners[0].prepare()
-    per_seed = [r.run() for r in runners]
-    write_tables(runners[0], [s for s, _ in per_seed], [q for _, q in per_seed])
+    """Every draw's and seed's run, then the tables over all runs."""
+    per_run, quality, runs, first = [], [], [], None
+    for draw in args.draws or [args.seed]:
+        runners = [Runner(draw_args(args, draw), s) for s in args.seeds]
+        runners[0].prepare()
+        first = first or runners[0]
+        for r in runners:
+            scores, q = r.run()
+            per_run.append(scores)
+            quality.append(q)
+            runs.append((draw, r.seed))
+    write_tables(first, per_run, quality, runs=runs, work=Path(args.work).resolve())
 
 
 def case_dice(scores: dict) -> dict[str, float]:
@@ -417,7 +434,8 @@ def case_dice(scores: dict) -> dict[str, float]:
 
 
 def arm_rows(arms: list[str], per_seed: list[dict[str, dict]]) -> list[dict]:
-    """One row per arm: means over seeds and cases, spread over seeds, paired differences to the bars with CIs."""
+    """One row per arm: means over runs (seeds, draws) and cases, spread over runs, paired differences to the bars
+    with CIs."""
     from bench_stats import bootstrap_ci, case_means, paired_difference
 
     means = {arm: case_means([case_dice(s[arm]) for s in per_seed]) for arm in arms}
@@ -425,7 +443,7 @@ def arm_rows(arms: list[str], per_seed: list[dict[str, dict]]) -> list[dict]:
     for arm in arms:
         summaries = [s[arm]["summary"] for s in per_seed]
         mean, low, high = bootstrap_ci(list(means[arm].values()))
-        row = {"arm": arm, "labels": ARMS[arm][0], "trainer": ARMS[arm][1], "seeds": len(per_seed),
+        row = {"arm": arm, "labels": ARMS[arm][0], "trainer": ARMS[arm][1], "runs": len(per_seed),
                "dice_mean": mean, "dice_ci_low": low, "dice_ci_high": high,
                "dice_sd": float(np.std(list(means[arm].values()))),
                "dice_seed_sd": float(np.std([x["dice_mean"] for x in summaries])),
@@ -441,8 +459,8 @@ def arm_rows(arms: list[str], per_seed: list[dict[str, dict]]) -> list[dict]:
 
 
 def quality_rows(per_seed: list[list]) -> list[list]:
-    """Label quality over seeds: per kind of labels, the mean over seeds of the per-seed mean Dice vs clean, the sd
-    over seeds, and the number of cases."""
+    """Label quality over runs: per kind of labels, the mean over runs of the per-run mean Dice vs clean, the sd
+    over runs, and the number of cases."""
     kinds = [r[0] for r in per_seed[0]] if per_seed else []
     out = []
     for kind in kinds:
@@ -452,10 +470,15 @@ def quality_rows(per_seed: list[list]) -> list[list]:
     return out
 
 
-def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_seed: list[list]) -> None:
+def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_seed: list[list],
+                 runs: list[tuple[int, int]] | None = None, work: Path | None = None) -> None:
+    """The tables of every run (``runs``: (draw, training seed) per entry of ``per_seed``; default one draw,
+    ``--seed``, with each of ``--seeds``) into ``work`` (default the runner's)."""
     from bench_stats import format_difference
 
-    a, work = runner.args, runner.work
+    a, work = runner.args, work or runner.work
+    runs = runs or [(a.seed, s) for s in a.seeds]
+    draws = sorted({d for d, _ in runs})
     rows = arm_rows(a.arms, per_seed)
     with open(work / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]))
@@ -463,25 +486,25 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
         w.writerows(rows)
     with open(work / "per_case.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["arm", "seed", "case", "dice"])
-        for seed, scores in zip(a.seeds, per_seed):
+        w.writerow(["arm", "draw", "seed", "case", "dice"])
+        for (draw, seed), scores in zip(runs, per_seed):
             for arm in a.arms:
-                w.writerows([arm, seed, c, d] for c, d in case_dice(scores[arm]).items())
+                w.writerows([arm, draw, seed, c, d] for c, d in case_dice(scores[arm]).items())
     quality = quality_rows(quality_per_seed)
     with open(work / "label_quality.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases", "seeds"])
+        w.writerow(["labels", "dice_vs_clean_mean", "dice_vs_clean_std", "cases", "runs"])
         w.writerows(quality)
     b = runner.budget
     md = [f"Source `{a.source}`{f' ({a.size}x{a.size})' if a.size else ''}, protocol `{a.protocol}`, "
-          f"clean fraction {a.clean_fraction}, noise/clean-pair draw {a.seed}, training seeds {a.seeds}, "
+          f"clean fraction {a.clean_fraction}, noise/clean-pair draws {draws}, training seeds {a.seeds}, "
           f"{a.num_test} held-out test cases; budget {b['epochs']} epochs x {b['iterations']} iterations, phase-1 "
           f"models {b['revision_epochs']} epochs x {b['iterations']} iterations (configuration `{a.configuration}`, "
           f"device `{a.device}`); machine: {platform.machine()}, {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}.",
-          "", "Dice: mean over seeds and test cases [bootstrap 95% CI]; differences: paired per test case (each case's "
-          "mean over seeds), bootstrap 95% CI over cases, * where it excludes 0.", "",
+          "", "Dice: mean over runs (draws x seeds) and test cases [bootstrap 95% CI]; differences: paired per "
+          "test case (each case's mean over runs), bootstrap 95% CI over cases, * where it excludes 0.", "",
           "| arm | labels | trainer | test Dice [95% CI] | vs nnU-Net on the clean pairs | vs nnU-Net on the imperfect "
-          "labels | sd over seeds | HD95 (median) | per structure Dice | train time (s) |",
+          "labels | sd over runs | HD95 (median) | per structure Dice | train time (s) |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         per = ", ".join(f"{k[5:]}: {v:.3f}" for k, v in r.items() if k.startswith("dice_") and k[5:].isdigit())
@@ -494,7 +517,7 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
             if any(s[arm].get("peer") for s in per_seed)}
     if peer:
         md += ["", "How often the peer acted (NoiseRobustTrainer arms; share of all training voxels per epoch, mean "
-               "over seeds): where the label is known, the peer term changed the target; in the ignored band, the "
+               "over runs): where the label is known, the peer term changed the target; in the ignored band, the "
                "peer supervised.", "", "| arm | peer term, mean over epochs | peer term, last epoch | band "
                "supervised by the peer, mean over epochs | per epoch (peer term) |", "| --- | --- | --- | --- | --- |"]
         for arm, runs in peer.items():
@@ -505,8 +528,8 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
                       f"{' '.join(f'{x:.3f}' for x in over)} |")
         (work / "peer_activity.json").write_text(json.dumps(peer, indent=1))
     if quality:
-        md += ["", "| training labels of the imperfect-only cases | Dice vs clean (mean over seeds ± sd) | cases | "
-               "seeds |", "| --- | --- | --- | --- |"]
+        md += ["", "| training labels of the imperfect-only cases | Dice vs clean (mean over runs ± sd) | cases | "
+               "runs |", "| --- | --- | --- | --- |"]
         md += [f"| {q[0]} | {q[1]:.4f} ± {q[2]:.4f} | {q[3]} | {q[4]} |" for q in quality]
     (work / "results.md").write_text("\n".join(md) + "\n")
     runner.say(f"tables: {work / 'results.md'}, {work / 'results.csv'}, {work / 'per_case.csv'}")
@@ -587,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds: phase 1 and every arm are trained once per seed (nnUNet_nl_seed); the "
                         "tables report means over seeds and paired CIs per test case")
+    p.add_argument("--draws", type=int, nargs="+", default=None,
+                   help="noise/clean-pair draws (the corruption's --seed): the whole benchmark is repeated for each, "
+                        "the draws other than --seed in drawN/ sub-folders; tables over all draws and seeds "
+                        "(default: --seed only)")
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
     p.add_argument("--no_label_quality", dest="label_quality", action="store_false",
                    help="skip the clean-only revision baseline")
@@ -615,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         args.configuration = "3d_fullres" if args.source == "hippocampus" else "2d"
     if len(set(args.seeds)) != len(args.seeds):
         p.error("--seeds must be distinct")
+    if args.draws and len(set(args.draws)) != len(args.draws):
+        p.error("--draws must be distinct")
     run_benchmark(args)
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,7 +194,7 @@ def test_tables_pair_arms_per_case_across_seeds(tmp_path):
         })
     rows = {r["arm"]: r for r in bench.arm_rows(list(per_seed[0]), per_seed)}
     rev = rows["nnunet_revised"]
-    assert rev["seeds"] == 3
+    assert rev["runs"] == 3
     assert rev["vs_clean_pairs"] == pytest.approx(0.05, abs=0.01)
     assert 0.0 < rev["vs_clean_pairs_ci_low"] < 0.05 < rev["vs_clean_pairs_ci_high"]
     rob = rows["robust_revised"]
@@ -273,3 +274,43 @@ def test_plot_against_the_number_of_clean_pairs(tmp_path):
     with pytest.raises(SystemExit, match="corruption_manifest"):
         plot.main([str(_write_work(tmp_path / "old", 0.8, {"nnunet_revised": 0.9})), "--x", "clean_pairs",
                    "-o", str(tmp_path / "x.png")])
+
+
+def test_draws_repeat_the_benchmark_in_subfolders_and_pool_the_tables(tmp_path, monkeypatch):
+    """``--draws 0 1`` with ``--seed 0``: draw 0 runs in the work folder, draw 1 in ``draw1/`` with the corruption
+    seed 1, both with every training seed; the tables in the work folder hold every (draw, seed) run."""
+    bench = load_benchmark("run_benchmark")
+    cases = [f"c{i}.png" for i in range(10)]
+    seen = []
+
+    def fake_prepare(self):
+        seen.append(("prepare", self.args.seed, Path(self.args.work)))
+
+    def fake_run(self):
+        seen.append(("run", self.args.seed, self.seed, self.work))
+        bonus = 0.01 * self.args.seed + 0.001 * self.seed  # tells the runs apart in per_case.csv
+        scores = {"nnunet_clean_subset": _scores({c: 0.8 + bonus for c in cases}),
+                  "nnunet_noisy": _scores({c: 0.7 + bonus for c in cases}),
+                  "nnunet_revised": _scores({c: 0.85 + bonus for c in cases})}
+        return scores, [["imperfect (as given)", 0.8, 0.1, 9]]
+
+    monkeypatch.setattr(bench.Runner, "prepare", fake_prepare)
+    monkeypatch.setattr(bench.Runner, "run", fake_run)
+    bench.main(["--source", "jsrt-lung", "--protocol", "markov", "--seed", "0", "--draws", "0", "1", "--seeds", "0",
+                "2", "--arms", "nnunet_clean_subset", "nnunet_noisy", "nnunet_revised", "--work", str(tmp_path)])
+    work = tmp_path.resolve()
+    assert [s for s in seen if s[0] == "prepare"] == [("prepare", 0, work), ("prepare", 1, work / "draw1")]
+    assert [s[1:] for s in seen if s[0] == "run"] == [(0, 0, work), (0, 2, work), (1, 0, work / "draw1"),
+                                                      (1, 2, work / "draw1")]
+    rows = list(csv.DictReader(open(work / "per_case.csv")))
+    assert len(rows) == 4 * 3 * len(cases)
+    assert {(r["draw"], r["seed"]) for r in rows} == {("0", "0"), ("0", "2"), ("1", "0"), ("1", "2")}
+    revised = {(r["draw"], r["seed"]): float(r["dice"]) for r in rows if r["arm"] == "nnunet_revised"}
+    assert revised[("1", "2")] == pytest.approx(0.85 + 0.012)
+    result = {r["arm"]: r for r in csv.DictReader(open(work / "results.csv"))}
+    assert result["nnunet_revised"]["runs"] == "4"
+    assert float(result["nnunet_revised"]["vs_clean_pairs"]) == pytest.approx(0.05)
+    assert "draws [0, 1]" in (work / "results.md").read_text()
+    assert not (work / "draw0").exists()
+    with pytest.raises(SystemExit):
+        bench.main(["--source", "jsrt-lung", "--protocol", "markov", "--draws", "1", "1", "--work", str(tmp_path)])
