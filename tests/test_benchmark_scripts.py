@@ -314,3 +314,40 @@ def test_draws_repeat_the_benchmark_in_subfolders_and_pool_the_tables(tmp_path, 
     assert not (work / "draw0").exists()
     with pytest.raises(SystemExit):
         bench.main(["--source", "jsrt-lung", "--protocol", "markov", "--draws", "1", "1", "--work", str(tmp_path)])
+
+
+def test_revision_breakdown_groups_cases_by_noise_kind_and_structure(tmp_path, capsys):
+    """Untouched cases and each noise kind get their own rows; the clean pairs and cases a report lacks are left
+    out; the means are those of the cases of the group."""
+    breakdown = load_benchmark("revision_breakdown")
+    raw = tmp_path / "nnUNet_raw"
+    noisy = raw / "Dataset701_X_ab"
+    noisy.mkdir(parents=True)
+    kinds = {"a": "dilate", "b": "dilate", "c": "erode", "d": None, "e": None}
+    cases = {c: {"noise": k, "clean_subset": False, "corrupted": k is not None} for c, k in kinds.items()}
+    cases["p"] = {"noise": None, "clean_subset": True, "corrupted": False}
+    (noisy / "corruption_manifest.json").write_text(json.dumps({"cases": cases}))
+
+    def rec(imp, rev):
+        return {"source": "revised", "dice_imperfect": np.mean(imp), "dice_revised": np.mean(rev),
+                "dice_imperfect_per_class": {"1": imp[0], "2": imp[1]},
+                "dice_revised_per_class": {"1": rev[0], "2": rev[1]}}
+
+    report = {"cases": {"a": rec([0.6, 0.8], [0.9, 0.9]), "b": rec([0.7, 0.8], [0.8, 0.9]),
+                        "c": rec([0.5, 0.5], [0.7, 0.9]), "d": rec([1.0, 1.0], [0.9, 0.95]),
+                        "e": rec([1.0, 1.0], [0.95, 0.95]), "p": rec([1.0, 1.0], [1.0, 1.0])}}
+    folder = raw / "Dataset703_X_ab_revised" / "labelsTr_revision_report"
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(report))
+    assert breakdown.main([str(tmp_path)]) == 0
+    rows = {(r["kind"], r["structure"]): r for r in breakdown.breakdown(
+        breakdown.noise_kinds(json.loads((noisy / "corruption_manifest.json").read_text())), {"rev": report})}
+    assert [k for k, s in rows if s == "mean"] == ["untouched", "dilate", "erode"]  # untouched first
+    assert rows[("untouched", "1")]["cases"] == 2 and rows[("untouched", "1")]["rev"] == pytest.approx(0.925)
+    dilate = rows[("dilate", "1")]
+    assert dilate["imperfect"] == pytest.approx(0.65) and dilate["rev"] == pytest.approx(0.85)
+    assert rows[("erode", "2")]["rev"] == pytest.approx(0.9)
+    md = (tmp_path / "revision_breakdown.md").read_text()
+    assert md == capsys.readouterr().out and "| untouched | 1 | 2 | 1.0000 | 0.9250 |" in md
+    with pytest.raises(SystemExit, match="corruption_manifest"):
+        breakdown.main([str(tmp_path / "nowhere")])
