@@ -24,38 +24,37 @@ def noise_kinds(manifest: dict) -> dict[str, str]:
             if not rec.get("clean_subset")}
 
 
+def _dice(rec: dict, which: str, structure: str) -> float | None:
+    """A report record's Dice of the ``which`` ('imperfect' or 'revised') label: of one structure, or 'mean'."""
+    return rec[f"dice_{which}"] if structure == "mean" else rec[f"dice_{which}_per_class"].get(structure)
+
+
 def breakdown(kinds: dict[str, str], reports: dict[str, dict]) -> list[dict]:
-    """One row per (kind, structure): number of cases, imperfect Dice and each report's revised Dice (means)."""
+    """One row per (kind, structure): number of cases, imperfect Dice and each report's revised Dice (means; the
+    imperfect Dice and the case count from the first report)."""
+    first = next(iter(reports))
     rows = []
     for kind in sorted(set(kinds.values()), key=lambda k: (k != "untouched", k)):
         cases = [c for c, k in kinds.items() if k == kind]
-        first = next(iter(reports.values()))["cases"]
-        structures = sorted({s for c in cases if c in first for s in first[c].get("dice_imperfect_per_class", {})},
-                            key=int)
+        structures = sorted({s for c in cases if c in reports[first]["cases"]
+                             for s in reports[first]["cases"][c].get("dice_imperfect_per_class", {})}, key=int)
         for s in structures + (["mean"] if len(structures) > 1 else []):
-            row = {"kind": kind, "structure": s, "cases": 0, "imperfect": float("nan")}
             values = defaultdict(list)
             for name, rep in reports.items():
-                for c in cases:
-                    rec = rep["cases"].get(c)
+                for rec in (rep["cases"].get(c) for c in cases):
                     if rec is None or "dice_revised" not in rec:
                         continue
-                    if s == "mean":
-                        imp, rev = rec["dice_imperfect"], rec["dice_revised"]
-                    else:
-                        imp = rec["dice_imperfect_per_class"].get(s)
-                        rev = rec["dice_revised_per_class"].get(s)
+                    imp, rev = _dice(rec, "imperfect", s), _dice(rec, "revised", s)
                     if imp is None or rev is None:
                         continue
                     values[name].append(rev)
-                    if name == next(iter(reports)):
+                    if name == first:
                         values["imperfect"].append(imp)
-            if not values["imperfect"]:
-                continue
-            row["cases"] = len(values["imperfect"])
-            row["imperfect"] = float(np.mean(values["imperfect"]))
-            row.update({name: float(np.mean(values[name])) if values[name] else float("nan") for name in reports})
-            rows.append(row)
+            if values["imperfect"]:
+                rows.append({"kind": kind, "structure": s, "cases": len(values["imperfect"]),
+                             "imperfect": float(np.mean(values["imperfect"])),
+                             **{name: float(np.mean(values[name])) if values[name] else float("nan")
+                                for name in reports}})
     return rows
 
 

@@ -520,10 +520,10 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
                "over runs): where the label is known, the peer term changed the target; in the ignored band, the "
                "peer supervised.", "", "| arm | peer term, mean over epochs | peer term, last epoch | band "
                "supervised by the peer, mean over epochs | per epoch (peer term) |", "| --- | --- | --- | --- | --- |"]
-        for arm, runs in peer.items():
-            runs = [r for r in runs if r and r["override_per_epoch"]]
-            over = np.mean([r["override_per_epoch"] for r in runs], 0)
-            band = np.mean([r["band_per_epoch"] for r in runs], 0)
+        for arm, logs in peer.items():
+            logs = [r for r in logs if r and r["override_per_epoch"]]
+            over = np.mean([r["override_per_epoch"] for r in logs], 0)
+            band = np.mean([r["band_per_epoch"] for r in logs], 0)
             md.append(f"| {arm} | {over.mean():.4f} | {over[-1]:.4f} | {band.mean():.4f} | "
                       f"{' '.join(f'{x:.3f}' for x in over)} |")
         (work / "peer_activity.json").write_text(json.dumps(peer, indent=1))
