@@ -403,6 +403,11 @@ class Runner:
             scores[arm]["train_s"] = self.timings.get(f"train_{arm}", float("nan"))
             scores[arm]["peer"] = self.peer_activity(arm)
             self.say(f"  -> {arm}: Dice {scores[arm]['summary']['dice_mean']:.4f}")
+        for arm in ARMS:  # arms an earlier call of this folder finished (same settings): they stay in the tables
+            if arm not in scores and (self.predictions / arm / "scores.json").is_file():
+                scores[arm] = json.loads((self.predictions / arm / "scores.json").read_text())
+                scores[arm]["train_s"] = self.timings.get(f"train_{arm}", float("nan"))
+                scores[arm]["peer"] = self.peer_activity(arm)
         return scores, label_quality(self.work, [self.ids[REVISIONS[m][0]] for m in REVISIONS])
 
 
@@ -425,7 +430,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
             per_run.append(scores)
             quality.append(q)
             runs.append((draw, r.seed))
-    write_tables(first, per_run, quality, runs=runs, work=Path(args.work).resolve())
+    # this call's arms, then those every run of an earlier call finished
+    arms = [*args.arms, *(arm for arm in ARMS if arm not in args.arms and all(arm in s for s in per_run))]
+    write_tables(first, per_run, quality, runs=runs, work=Path(args.work).resolve(), arms=arms)
 
 
 def case_dice(scores: dict) -> dict[str, float]:
@@ -453,7 +460,8 @@ def arm_rows(arms: list[str], per_seed: list[dict[str, dict]]) -> list[dict]:
             row.update({f"vs_{bar_name}": d[0], f"vs_{bar_name}_ci_low": d[1], f"vs_{bar_name}_ci_high": d[2]})
         row.update({k: float(np.mean([x[k] for x in summaries])) for k in summaries[0]
                     if k.startswith("dice_") and k[5:].isdigit()})
-        row["train_s"] = round(float(np.nanmean([s[arm]["train_s"] for s in per_seed])))
+        timed = [s[arm]["train_s"] for s in per_seed if np.isfinite(s[arm]["train_s"])]
+        row["train_s"] = round(float(np.mean(timed))) if timed else float("nan")  # nan: no timing recorded
         rows.append(row)
     return rows
 
@@ -471,15 +479,17 @@ def quality_rows(per_seed: list[list]) -> list[list]:
 
 
 def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_seed: list[list],
-                 runs: list[tuple[int, int]] | None = None, work: Path | None = None) -> None:
+                 runs: list[tuple[int, int]] | None = None, work: Path | None = None,
+                 arms: list[str] | None = None) -> None:
     """The tables of every run (``runs``: (draw, training seed) per entry of ``per_seed``; default one draw,
-    ``--seed``, with each of ``--seeds``) into ``work`` (default the runner's)."""
+    ``--seed``, with each of ``--seeds``) of ``arms`` (default ``--arms``) into ``work`` (default the runner's)."""
     from bench_stats import format_difference
 
     a, work = runner.args, work or runner.work
+    arms = arms or a.arms
     runs = runs or [(a.seed, s) for s in a.seeds]
     draws = sorted({d for d, _ in runs})
-    rows = arm_rows(a.arms, per_seed)
+    rows = arm_rows(arms, per_seed)
     with open(work / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]))
         w.writeheader()
@@ -488,7 +498,7 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
         w = csv.writer(f)
         w.writerow(["arm", "draw", "seed", "case", "dice"])
         for (draw, seed), scores in zip(runs, per_seed):
-            for arm in a.arms:
+            for arm in arms:
                 w.writerows([arm, draw, seed, c, d] for c, d in case_dice(scores[arm]).items())
     quality = quality_rows(quality_per_seed)
     with open(work / "label_quality.csv", "w", newline="") as f:
@@ -513,7 +523,7 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
                   + " | ".join(format_difference(r[f"vs_{n}"], r[f"vs_{n}_ci_low"], r[f"vs_{n}_ci_high"])
                                for n in BARS)
                   + f" | {r['dice_seed_sd']:.4f} | {r['hd95_median']:.2f} | {per} | {r['train_s']} |")
-    peer = {arm: [s[arm].get("peer") for s in per_seed] for arm in a.arms
+    peer = {arm: [s[arm].get("peer") for s in per_seed] for arm in arms
             if any(s[arm].get("peer") for s in per_seed)}
     if peer:
         md += ["", "How often the peer acted (NoiseRobustTrainer arms; share of all training voxels per epoch, mean "

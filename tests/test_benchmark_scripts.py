@@ -316,6 +316,34 @@ def test_draws_repeat_the_benchmark_in_subfolders_and_pool_the_tables(tmp_path, 
         bench.main(["--source", "jsrt-lung", "--protocol", "markov", "--draws", "1", "1", "--work", str(tmp_path)])
 
 
+def test_arms_of_an_earlier_call_stay_in_the_tables(tmp_path, monkeypatch):
+    """A second call with other ``--arms`` keeps the arms an earlier call finished in every run (their scores.json),
+    and leaves out an arm finished in only some runs."""
+    bench = load_benchmark("run_benchmark")
+    cases = [f"c{i}.png" for i in range(10)]
+    work = tmp_path.resolve()
+
+    def fake_train(self, arm):
+        return _scores({c: {"nnunet_clean_subset": 0.8, "nnunet_revised": 0.9}[arm] for c in cases})
+
+    monkeypatch.setattr(bench.Runner, "prepare", lambda self: None)
+    monkeypatch.setattr(bench.Runner, "revise", lambda self, method, band=False: None)
+    monkeypatch.setattr(bench.Runner, "train_and_score", fake_train)
+    for sub, arm, dice in (("", "nnunet_noisy", 0.7), ("seed1", "nnunet_noisy", 0.7), ("", "robust_revised", 0.95)):
+        folder = work / "predictions" / sub / arm
+        folder.mkdir(parents=True)
+        (folder / "scores.json").write_text(json.dumps(_scores({c: dice for c in cases})))
+    bench.main(["--source", "jsrt-lung", "--protocol", "markov", "--seeds", "0", "1", "--no_label_quality",
+                "--arms", "nnunet_clean_subset", "nnunet_revised", "--work", str(work)])
+    result = {r["arm"]: r for r in csv.DictReader(open(work / "results.csv"))}
+    assert list(result) == ["nnunet_clean_subset", "nnunet_revised", "nnunet_noisy"]
+    assert float(result["nnunet_noisy"]["vs_clean_pairs"]) == pytest.approx(-0.1)
+    assert float(result["nnunet_revised"]["vs_imperfect"]) == pytest.approx(0.2)
+    rows = list(csv.DictReader(open(work / "per_case.csv")))
+    assert {r["arm"] for r in rows} == {"nnunet_clean_subset", "nnunet_revised", "nnunet_noisy"}
+    assert len(rows) == 3 * 2 * len(cases)
+
+
 def test_revision_breakdown_groups_cases_by_noise_kind_and_structure(tmp_path, capsys):
     """Untouched cases and each noise kind get their own rows; the clean pairs and cases a report lacks are left
     out; the means are those of the cases of the group."""
