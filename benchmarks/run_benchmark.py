@@ -18,7 +18,8 @@ write one), a noise protocol and a clean fraction, this script
 6. writes ``results.csv``, ``results.md``, ``per_case.csv`` and ``label_quality.csv`` into the work folder: every
    arm's mean Dice over runs (draws x seeds) and cases, and its paired difference to the two bars (nnU-Net on the
    clean pairs alone, nnU-Net on the imperfect labels) per test case, averaged over the runs, with a bootstrap 95% CI
-   (``bench_stats.py``).
+   (``bench_stats.py``). The tables hold this call's ``--arms`` and the arms an earlier call of the same work folder
+   finished in every run (a work folder keeps one set of settings), so arms can be added call by call.
 
 Every finished step leaves its output behind and is skipped on a re-run, so a killed run resumes where it stopped
 (an interrupted training continues from its latest checkpoint).
