@@ -4,6 +4,11 @@ Two arms are compared on the same held-out test cases: for each case, the mean o
 arm minus that of the other; the table reports the mean of these paired differences and a percentile bootstrap 95%
 confidence interval over the cases (``scipy.stats.bootstrap``). A difference whose interval excludes 0 is one the
 test split can tell apart from run-to-run and case-to-case spread; one run with one seed cannot.
+
+From the command line, two arms of a benchmark work folder's ``per_case.csv`` (the bar may come from another folder
+with the same test split, e.g. the same arm trained on the same labels there):
+
+    python benchmarks/bench_stats.py WORK --arm robust_revised --bar nnunet_revised [--bar_work OTHER_WORK]
 """
 from __future__ import annotations
 
@@ -49,3 +54,47 @@ def format_difference(mean: float, low: float, high: float) -> str:
         return "n/a"
     star = "*" if low > 0 or high < 0 else ""
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]{star}"
+
+
+def read_per_case(path, arm: str) -> list[dict[str, float]]:
+    """One arm's per-case Dice from a work folder's ``per_case.csv`` (or the file itself), one mapping per run
+    (draw, seed)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    path = path / "per_case.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: give a benchmark work folder or its per_case.csv")
+    runs: dict[tuple[str, str], dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["arm"] == arm:
+                runs.setdefault((row.get("draw", ""), row["seed"]), {})[row["case"]] = float(row["dice"])
+    if not runs:
+        raise SystemExit(f"{path} has no rows of arm '{arm}'")
+    return list(runs.values())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Paired difference of two benchmark arms per test case (each case's mean "
+                                            "over runs), with a bootstrap 95% CI over the cases.")
+    p.add_argument("work", help="benchmark work folder (or its per_case.csv) holding --arm")
+    p.add_argument("--arm", required=True)
+    p.add_argument("--bar", required=True, help="the arm subtracted")
+    p.add_argument("--bar_work", help="folder (or per_case.csv) holding --bar, if not WORK: e.g. the same arm trained "
+                                      "on the same labels in another folder of the same test split")
+    a = p.parse_args(argv)
+    arm, bar = read_per_case(a.work, a.arm), read_per_case(a.bar_work or a.work, a.bar)
+    mean, low, high, n = paired_difference(case_means(arm), case_means(bar))
+    if n == 0:
+        raise SystemExit("the two arms share no test case: were they scored on the same test split?")
+    print(f"{a.arm} ({len(arm)} runs) - {a.bar} ({len(bar)} runs): {format_difference(mean, low, high)} "
+          f"(mean {mean:+.4f} [{low:+.4f}, {high:+.4f}], {n} test cases)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

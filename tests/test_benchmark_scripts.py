@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,30 @@ def test_arms_of_an_earlier_call_stay_in_the_tables(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(work / "per_case.csv")))
     assert {r["arm"] for r in rows} == {"nnunet_clean_subset", "nnunet_revised", "nnunet_noisy"}
     assert len(rows) == 3 * 2 * len(cases)
+
+
+def test_bench_stats_pairs_two_arms_across_folders(tmp_path, capsys):
+    """The command line pairs an arm with a bar of another folder per test case, over each one's runs; an arm the
+    file does not hold is a clear error."""
+    stats = load_benchmark("bench_stats")
+    rng = np.random.default_rng(1)
+    cases = [f"c{i}.png" for i in range(20)]
+    base = {c: 0.8 + 0.1 * rng.random() for c in cases}
+    for name, arm, shift in (("a", "robust_revised", 0.02), ("b", "nnunet_clean_subset", 0.0)):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "per_case.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["arm", "draw", "seed", "case", "dice"])
+            for seed in range(3):
+                w.writerows([arm, 0, seed, c, base[c] + shift + 0.005 * rng.standard_normal()] for c in cases)
+    assert stats.main([str(tmp_path / "a"), "--arm", "robust_revised", "--bar", "nnunet_clean_subset",
+                       "--bar_work", str(tmp_path / "b" / "per_case.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "(3 runs)" in out and "20 test cases" in out
+    mean, low, high = map(float, re.search(r"\(mean (\S+) \[(\S+), (\S+)\]", out).groups())
+    assert mean == pytest.approx(0.02, abs=0.005) and 0 < low < mean < high
+    with pytest.raises(SystemExit, match="no rows of arm 'nnunet_revised'"):
+        stats.main([str(tmp_path / "a"), "--arm", "robust_revised", "--bar", "nnunet_revised"])
 
 
 def test_revision_breakdown_groups_cases_by_noise_kind_and_structure(tmp_path, capsys):
