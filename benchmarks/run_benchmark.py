@@ -294,14 +294,19 @@ class Runner:
         """The configuration every model trains: the planned one, or with --cpu_plans its CPU variant."""
         return self.args.configuration + ("_cpu" if self.args.cpu_plans else "")
 
+    def stored_scores(self, arm: str) -> dict | None:
+        """The test scores of an arm this work folder already finished with this seed (None if it has none)."""
+        result_file = self.predictions / arm / "scores.json"
+        return json.loads(result_file.read_text()) if result_file.is_file() else None
+
     def train_and_score(self, arm: str) -> dict:
         labels, trainer = ARMS[arm]
         key = LABEL_DATASETS[labels]
         ds = self.ids[key]
         pred = self.predictions / arm
-        result_file = pred / "scores.json"
-        if result_file.is_file():
-            return json.loads(result_file.read_text())
+        stored = self.stored_scores(arm)
+        if stored is not None:
+            return stored
         config = self.args.configuration
         pre = Path(self.env["nnUNet_preprocessed"]) / self.folder(key).name / f"nnUNetPlans_{config}"
         if not preprocessing_finished(pre, self.folder(key)):
@@ -401,14 +406,13 @@ class Runner:
         for i, arm in enumerate(a.arms, 1):
             self.say(f"seed {self.seed}, arm {i}/{len(a.arms)}: {arm} ({ARMS[arm][1]} on {ARMS[arm][0]} labels)")
             scores[arm] = self.train_and_score(arm)
-            scores[arm]["train_s"] = self.timings.get(f"train_{arm}", float("nan"))
-            scores[arm]["peer"] = self.peer_activity(arm)
             self.say(f"  -> {arm}: Dice {scores[arm]['summary']['dice_mean']:.4f}")
         for arm in ARMS:  # arms an earlier call of this folder finished (same settings): they stay in the tables
-            if arm not in scores and (self.predictions / arm / "scores.json").is_file():
-                scores[arm] = json.loads((self.predictions / arm / "scores.json").read_text())
-                scores[arm]["train_s"] = self.timings.get(f"train_{arm}", float("nan"))
-                scores[arm]["peer"] = self.peer_activity(arm)
+            if arm not in scores and (stored := self.stored_scores(arm)) is not None:
+                scores[arm] = stored
+        for arm, s in scores.items():
+            s["train_s"] = self.timings.get(f"train_{arm}", float("nan"))
+            s["peer"] = self.peer_activity(arm)
         return scores, label_quality(self.work, [self.ids[REVISIONS[m][0]] for m in REVISIONS])
 
 
