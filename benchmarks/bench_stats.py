@@ -9,12 +9,21 @@ From the command line, two arms of a benchmark work folder's ``per_case.csv`` (t
 with the same test split, e.g. the same arm trained on the same labels there):
 
     python benchmarks/bench_stats.py WORK --arm robust_revised --bar nnunet_revised [--bar_work OTHER_WORK]
+
+or of runs scored outside a work folder, one ``scores.json`` (as ``run_benchmark.score_folder`` writes it) per run:
+
+    python benchmarks/bench_stats.py --arm_scores A_seed0.json A_seed1.json --bar_scores B_seed0.json B_seed1.json
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+
+def case_dice(scores: Mapping) -> dict[str, float]:
+    """Per test case, the mean Dice over its structures (as ``dice_mean`` averages them) of one run's scores."""
+    return {case: float(np.mean([v["dice"] for v in per.values()])) for case, per in scores["per_case"].items()}
 
 
 def case_means(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -76,18 +85,48 @@ def read_per_case(path, arm: str) -> list[dict[str, float]]:
     return list(runs.values())
 
 
+def read_scores(paths: Sequence) -> list[dict[str, float]]:
+    """Per-case Dice of each run from its ``scores.json`` (one file per run)."""
+    import json
+    from pathlib import Path
+
+    runs = []
+    for path in map(Path, paths):
+        try:
+            runs.append(case_dice(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path} is not a readable scores file with per-case Dice ({e}): give the scores.json "
+                             f"of a scored prediction folder") from None
+    return runs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description="Paired difference of two benchmark arms per test case (each case's mean "
                                             "over runs), with a bootstrap 95% CI over the cases.")
-    p.add_argument("work", help="benchmark work folder (or its per_case.csv) holding --arm")
-    p.add_argument("--arm", required=True)
-    p.add_argument("--bar", required=True, help="the arm subtracted")
+    p.add_argument("work", nargs="?", help="benchmark work folder (or its per_case.csv) holding --arm")
+    p.add_argument("--arm", help="arm of WORK")
+    p.add_argument("--bar", help="arm of WORK (or of --bar_work) subtracted")
     p.add_argument("--bar_work", help="folder (or per_case.csv) holding --bar, if not WORK: e.g. the same arm trained "
                                       "on the same labels in another folder of the same test split")
+    p.add_argument("--arm_scores", nargs="+", metavar="JSON", help="instead of WORK and --arm: one scores.json per "
+                                                                   "run of the arm")
+    p.add_argument("--bar_scores", nargs="+", metavar="JSON", help="instead of --bar: one scores.json per run of "
+                                                                   "the bar")
     a = p.parse_args(argv)
-    arm, bar = read_per_case(a.work, a.arm), read_per_case(a.bar_work or a.work, a.bar)
+    if a.arm_scores:
+        arm, a.arm = read_scores(a.arm_scores), a.arm or "arm"
+    elif a.work and a.arm:
+        arm = read_per_case(a.work, a.arm)
+    else:
+        p.error("give WORK with --arm, or --arm_scores")
+    if a.bar_scores:
+        bar, a.bar = read_scores(a.bar_scores), a.bar or "bar"
+    elif a.bar and (a.bar_work or a.work):
+        bar = read_per_case(a.bar_work or a.work, a.bar)
+    else:
+        p.error("give --bar (an arm of WORK or --bar_work), or --bar_scores")
     mean, low, high, n = paired_difference(case_means(arm), case_means(bar))
     if n == 0:
         raise SystemExit("the two arms share no test case: were they scored on the same test split?")

@@ -440,15 +440,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
     write_tables(first, per_run, quality, runs=runs, work=Path(args.work).resolve(), arms=arms)
 
 
-def case_dice(scores: dict) -> dict[str, float]:
-    """Per test case, the mean Dice over its structures (as ``dice_mean`` averages them)."""
-    return {case: float(np.mean([v["dice"] for v in per.values()])) for case, per in scores["per_case"].items()}
-
-
 def arm_rows(arms: list[str], per_seed: list[dict[str, dict]]) -> list[dict]:
     """One row per arm: means over runs (seeds, draws) and cases, spread over runs, paired differences to the bars
     with CIs."""
-    from bench_stats import bootstrap_ci, case_means, paired_difference
+    from bench_stats import bootstrap_ci, case_dice, case_means, paired_difference
 
     means = {arm: case_means([case_dice(s[arm]) for s in per_seed]) for arm in arms}
     rows = []
@@ -488,7 +483,7 @@ def write_tables(runner: Runner, per_seed: list[dict[str, dict]], quality_per_se
                  arms: list[str] | None = None) -> None:
     """The tables of every run (``runs``: (draw, training seed) per entry of ``per_seed``; default one draw,
     ``--seed``, with each of ``--seeds``) of ``arms`` (default ``--arms``) into ``work`` (default the runner's)."""
-    from bench_stats import format_difference
+    from bench_stats import case_dice, format_difference
 
     a, work = runner.args, work or runner.work
     arms = arms or a.arms

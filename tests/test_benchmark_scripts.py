@@ -369,6 +369,28 @@ def test_bench_stats_pairs_two_arms_across_folders(tmp_path, capsys):
         stats.main([str(tmp_path / "a"), "--arm", "robust_revised", "--bar", "nnunet_revised"])
 
 
+def test_bench_stats_pairs_runs_given_as_scores_files(tmp_path, capsys):
+    """Runs scored outside a work folder (one scores.json each) are paired per case over the structures' mean Dice;
+    a file that is not a scores file is a clear error."""
+    stats = load_benchmark("bench_stats")
+    cases = [f"c{i}.nii.gz" for i in range(12)]
+    files = {"arm": [], "bar": []}
+    for seed in range(3):
+        for name, shift in (("arm", -0.01), ("bar", 0.0)):
+            per_case = {c: {"1": {"dice": 0.8 + 0.01 * i + shift, "hd95": 1.0},
+                            "2": {"dice": 0.6 + 0.01 * i + shift + 0.002 * seed, "hd95": 1.0}}
+                        for i, c in enumerate(cases)}
+            f = tmp_path / f"{name}{seed}.json"
+            f.write_text(json.dumps({"summary": {}, "per_case": per_case}))
+            files[name].append(str(f))
+    assert stats.main(["--arm_scores", *files["arm"], "--bar_scores", *files["bar"]]) == 0
+    out = capsys.readouterr().out
+    assert "arm (3 runs) - bar (3 runs)" in out and "12 test cases" in out and "-0.010 [-0.010, -0.010]*" in out
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="bad.json is not a readable scores file"):
+        stats.main(["--arm_scores", str(tmp_path / "bad.json"), "--bar_scores", *files["bar"]])
+
+
 def test_revision_breakdown_groups_cases_by_noise_kind_and_structure(tmp_path, capsys):
     """Untouched cases and each noise kind get their own rows; the clean pairs and cases a report lacks are left
     out; the means are those of the cases of the group."""
