@@ -72,14 +72,29 @@ def swap_in_folder(tmp_folder: Path, target: Path) -> list[str]:
     tmp_folder, target = Path(tmp_folder), Path(target)
     refuse_symlinks([target], "Replace the link by the folder itself.")
     carried = carry_over(target, tmp_folder) if target.is_dir() else []
-    old = None
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-    os.rename(tmp_folder, target)
-    if old is not None:
-        shutil.rmtree(old)
+    replace_folder(tmp_folder, target)
     return carried
+
+
+def replace_folder(new: Path, target: Path, aside: Path | None = None) -> None:
+    """Put the finished folder ``new`` at ``target`` by rename (same file system; ``target``, if any, a real folder).
+
+    An existing ``target`` is renamed to ``aside`` first (default ``target.old-XXXXXXXX``, the name
+    :func:`restore_interrupted_swap` knows; callers with their own recovery pass theirs), put back if the second
+    rename fails, and deleted once ``new`` is in place: at no moment is there a half-written ``target``.
+    """
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+        return
+    aside = Path(aside) if aside is not None else target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside)
 
 
 def temp_sibling(parent: Path, name: str) -> Path:

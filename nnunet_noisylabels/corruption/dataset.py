@@ -34,7 +34,7 @@ from nnunet_noisylabels.common.raw_dataset import (CLEAN_LABELS_DIR, RawDatasetE
                                                        check_case, image_files, load_dataset_json, load_json,
                                                        make_temp_dir, resolve_raw_dataset, training_case_ids,
                                                        write_json_atomic, write_label_atomic)
-from nnunet_noisylabels.common.safe_fs import refuse_symlinks
+from nnunet_noisylabels.common.safe_fs import refuse_symlinks, replace_folder
 
 MANIFEST_NAME = "corruption_manifest.json"
 CLEAN_LABELS_SUBDIR = CLEAN_LABELS_DIR
@@ -309,7 +309,8 @@ def corrupt_dataset(source: str | int, target_id: int, noise: str, params: Mappi
         new_json["noisy_labels"] = {"source_dataset": src.name, "noise": noise, "manifest": MANIFEST_NAME,
                                     "clean_labels": CLEAN_LABELS_SUBDIR, "num_clean": len(clean)}
         write_json_atomic(new_json, tmp / "dataset.json", indent=4)
-        _move_into_place(tmp, out)
+        # an existing out (checked by check_replaceable) goes aside under the name remove_stale_temp_folders knows
+        replace_folder(tmp, out, out.parent / f".old_{out.name}_{uuid.uuid4().hex[:8]}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -338,7 +339,7 @@ def _stale_folders(out: Path) -> list[Path]:
 def remove_stale_temp_folders(out: Path) -> list[Path]:
     """Remove what an interrupted run for ``out`` left (a half-written dataset, or the old one being replaced).
 
-    If the run died between the two renames of :func:`_move_into_place`, ``out`` is missing and its old version
+    If the run died between the two renames of :func:`.safe_fs.replace_folder`, ``out`` is missing and its old version
     sits in ``.old_<name>_*``: it is put back first, so a re-run with ``--overwrite`` finds it as before.
     """
     stale = _stale_folders(out)
@@ -349,18 +350,6 @@ def remove_stale_temp_folders(out: Path) -> list[Path]:
     for p in stale:
         shutil.rmtree(p)
     return stale
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (checked by :func:`check_replaceable`) is renamed aside first
-    and deleted once the new dataset is in place."""
-    if out.exists():
-        old = out.parent / f".old_{out.name}_{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def _manifest(src: Path, out: Path, noise: str, params: Mapping[str, Any], alpha: float, clean: list[str],

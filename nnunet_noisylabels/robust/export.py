@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nnunet_noisylabels.common.raw_dataset import make_temp_dir
+from nnunet_noisylabels.common.safe_fs import replace_folder
 
 STOCK_TRAINER = "nnUNetTrainer"
 COPIED_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -262,11 +263,4 @@ def _move_into_place(tmp: Path, dst: Path, overwrite: bool) -> None:
     if dst.is_symlink() or not overwrite or not is_previous_export(dst):
         raise ExportRefused(f"output folder {dst} appeared or changed during the export (it is not a previous export "
                             f"that --overwrite may replace); nothing was replaced. Choose a new folder with -o.")
-    aside = dst.parent / f".{dst.name}.old-{secrets.token_hex(4)}"
-    os.rename(dst, aside)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(aside, dst)
-        raise
-    shutil.rmtree(aside)
+    replace_folder(tmp, dst, dst.parent / f".{dst.name}.old-{secrets.token_hex(4)}")
