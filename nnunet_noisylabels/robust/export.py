@@ -257,10 +257,8 @@ def export_model_folder(model_folder: str | os.PathLike, output_folder: str | os
 def _move_into_place(tmp: Path, dst: Path, overwrite: bool) -> None:
     """Move the finished export ``tmp`` to ``dst``; a previous export there is renamed aside, replaced, then
     deleted (checked again: the folder may have changed while the checkpoints were converted)."""
-    if not (dst.exists() or dst.is_symlink()):
-        os.rename(tmp, dst)
-        return
-    if dst.is_symlink() or not overwrite or not is_previous_export(dst):
+    occupied = dst.exists() or dst.is_symlink()
+    if occupied and (dst.is_symlink() or not overwrite or not is_previous_export(dst)):
         raise ExportRefused(f"output folder {dst} appeared or changed during the export (it is not a previous export "
                             f"that --overwrite may replace); nothing was replaced. Choose a new folder with -o.")
     replace_folder(tmp, dst, dst.parent / f".{dst.name}.old-{secrets.token_hex(4)}")
