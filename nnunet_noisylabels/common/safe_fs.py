@@ -124,13 +124,25 @@ def restore_interrupted_swap(parent: Path, name: str) -> list[str]:
     folder (never swapped in) are removed.
     """
     parent = Path(parent)
+    return undo_interrupted_replace(parent / name, stale_siblings(parent, name, "old"),
+                                    stale_siblings(parent, name, "tmp"))
+
+
+def undo_interrupted_replace(target: Path, olds: list[Path], leftovers: list[Path]) -> list[str]:
+    """Recovery after an interrupted :func:`replace_folder`, for any naming scheme; returns what was done.
+
+    ``olds`` are the folders ``target`` was renamed to, ``leftovers`` the temporary folders never swapped in (both
+    already matched by the caller's own naming scheme). A missing ``target`` comes back from the newest of ``olds``;
+    the rest of both lists is removed.
+    """
+    target = Path(target)
     done = []
-    olds = sorted(stale_siblings(parent, name, "old"), key=lambda p: p.lstat().st_mtime)
-    if not (parent / name).exists() and not (parent / name).is_symlink() and olds:
-        os.rename(olds[-1], parent / name)
-        done.append(f"restored {name}/ from {olds[-1].name}")
+    olds = sorted(olds, key=lambda p: p.lstat().st_mtime)
+    if not target.exists() and not target.is_symlink() and olds:
+        os.rename(olds[-1], target)
+        done.append(f"restored {target.name}/ from {olds[-1].name}")
         olds = olds[:-1]
-    for p in olds + stale_siblings(parent, name, "tmp"):
+    for p in olds + list(leftovers):
         shutil.rmtree(p)
         done.append(f"removed {p.name}")
     return done

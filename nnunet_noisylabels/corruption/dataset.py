@@ -34,7 +34,7 @@ from nnunet_noisylabels.common.raw_dataset import (CLEAN_LABELS_DIR, RawDatasetE
                                                        check_case, image_files, load_dataset_json, load_json,
                                                        make_temp_dir, resolve_raw_dataset, training_case_ids,
                                                        write_json_atomic, write_label_atomic)
-from nnunet_noisylabels.common.safe_fs import refuse_symlinks, replace_folder
+from nnunet_noisylabels.common.safe_fs import refuse_symlinks, replace_folder, undo_interrupted_replace
 
 MANIFEST_NAME = "corruption_manifest.json"
 CLEAN_LABELS_SUBDIR = CLEAN_LABELS_DIR
@@ -336,20 +336,16 @@ def _stale_folders(out: Path) -> list[Path]:
     return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
 
 
-def remove_stale_temp_folders(out: Path) -> list[Path]:
+def remove_stale_temp_folders(out: Path) -> list[str]:
     """Remove what an interrupted run for ``out`` left (a half-written dataset, or the old one being replaced).
 
     If the run died between the two renames of :func:`.safe_fs.replace_folder`, ``out`` is missing and its old version
-    sits in ``.old_<name>_*``: it is put back first, so a re-run with ``--overwrite`` finds it as before.
+    sits in ``.old_<name>_*``: it is put back first, so a re-run with ``--overwrite`` finds it as before. (The dotted
+    names keep nnU-Net's ``Dataset<id>_*`` lookup from seeing the temporary folders.)
     """
     stale = _stale_folders(out)
     olds = [p for p in stale if p.name.startswith(".old_")]
-    if olds and not out.exists() and not out.is_symlink():
-        os.rename(olds[0], out)
-        stale.remove(olds[0])
-    for p in stale:
-        shutil.rmtree(p)
-    return stale
+    return undo_interrupted_replace(out, olds, [p for p in stale if p not in olds])
 
 
 def _manifest(src: Path, out: Path, noise: str, params: Mapping[str, Any], alpha: float, clean: list[str],
