@@ -215,6 +215,10 @@ class Runner:
             # T=180 steps is the protocol at JSRT's 256 px; each step moves the boundary by about one pixel, so the
             # same physical noise at a lower resolution takes proportionally fewer steps
             proto[proto.index("T=180")] = f"T={round(180 * self.args.size / 256)}"
+        elif self.args.protocol == "markov" and self.args.source == "hippocampus":
+            # 180 steps wipe out a structure a few voxels thick; 20 leave the hippocampus labels at 0.86 Dice against
+            # their clean ones, near the 0.84 of the JSRT lung labels under the JSRT setting
+            proto[proto.index("T=180")] = "T=20"
         proto += self.args.corrupt_extra
         self.sh([str(self.bin / "nnUNetv2_nl_corrupt"), "-d", str(self.ids["source"]), "-o", str(self.ids["noisy"]),
                  "--name", f"{self.folder('source').name[11:]}_{self.args.protocol}", *proto,

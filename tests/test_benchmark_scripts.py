@@ -171,6 +171,28 @@ def test_runner_passes_the_network_variant_and_realign(tmp_path):
     assert "--realign" in ens and ens[ens.index("--model") + 1] == str(model)
 
 
+@pytest.mark.parametrize("source, size, steps", [("jsrt-lung", 64, "T=45"), ("jsrt-lung", None, "T=180"),
+                                                 ("hippocampus", None, "T=20")])
+def test_markov_steps_follow_the_structure_size(tmp_path, source, size, steps):
+    """The Markov protocol's T=180 is the JSRT setting at 256 px: the runner scales it with ``--size`` and uses 20 on
+    the hippocampus, whose structures 180 boundary steps would wipe out; ``--corrupt_extra`` still comes last."""
+    import argparse
+
+    bench = load_benchmark("run_benchmark")
+    args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
+                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
+                              nin_trainer=None, realign=False, cpu_plans=False, source=source, size=size,
+                              protocol="markov", corrupt_extra=["--param", "theta1=0.2"], clean_fraction=0.1, seed=0)
+    runner = bench.Runner(args)
+    (tmp_path / "nnUNet_raw" / "Dataset700_X").mkdir(parents=True)
+    calls = []
+    runner.sh = lambda cmd, step: calls.append(cmd)
+    runner.corrupt()
+    (cmd,) = calls
+    assert [c for c in cmd if c.startswith("T=")] == [steps]
+    assert cmd[cmd.index("--param", cmd.index("--param") + 1) + 1] == "theta1=0.2"
+
+
 def _scores(case_dice: dict[str, float], train_s: float = 10.0) -> dict:
     return {"summary": {"dice_mean": float(np.mean(list(case_dice.values()))), "hd95_median": 2.0,
                         "dice_1": float(np.mean(list(case_dice.values())))},
