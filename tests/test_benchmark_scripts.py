@@ -99,17 +99,21 @@ def test_interrupted_preprocessing_is_redone(tmp_path):
     assert bench.preprocessing_finished(pre, raw)
 
 
+def _runner(bench, tmp_path, **overrides):
+    """A benchmark ``Runner`` on ``tmp_path`` with the CPU defaults of the command line; ``overrides`` change them."""
+    import argparse
+
+    args = dict(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None, device="cpu",
+                np=2, base_id=700, disable_tta=False, configuration="2d", nin_trainer=None, realign=False,
+                cpu_plans=False)
+    return bench.Runner(argparse.Namespace(**{**args, **overrides}))
+
+
 def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
     """The runner's ensemble revision trains nothing: it revises after the two single-method revisions, with their
     models (``--model``, ``--clean_only_model``: the folder a manifest records, else the one its auxiliary dataset
     implies), so its phase-1 cost is theirs."""
-    import argparse
-
-    bench = load_benchmark("run_benchmark")
-    args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
-                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
-                              nin_trainer=None, realign=False, cpu_plans=False)
-    runner = bench.Runner(args)
+    runner = _runner(load_benchmark("run_benchmark"), tmp_path)
     raw = tmp_path / "nnUNet_raw"
     (raw / "Dataset701_X_markov").mkdir()
     calls = []
@@ -142,14 +146,8 @@ def test_ensemble_revision_reuses_the_two_phase1_models(tmp_path):
 def test_runner_passes_the_network_variant_and_realign(tmp_path):
     """``--nin_trainer`` and ``--realign`` reach the network's and the ensemble's revision (and the ensemble looks for
     the network's model under that trainer), not the clean-only one."""
-    import argparse
-
-    bench = load_benchmark("run_benchmark")
-    args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
-                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
-                              nin_trainer="NoiseIdentificationTrainer_labelShift_budget", realign=True,
-                              cpu_plans=False)
-    runner = bench.Runner(args)
+    runner = _runner(load_benchmark("run_benchmark"), tmp_path,
+                     nin_trainer="NoiseIdentificationTrainer_labelShift_budget", realign=True)
     raw = tmp_path / "nnUNet_raw"
     (raw / "Dataset701_X_ab").mkdir()
     calls = {}
@@ -176,14 +174,8 @@ def test_runner_passes_the_network_variant_and_realign(tmp_path):
 def test_markov_steps_follow_the_structure_size(tmp_path, source, size, steps):
     """The Markov protocol's T=180 is the JSRT setting at 256 px: the runner scales it with ``--size`` and uses 20 on
     the hippocampus, whose structures 180 boundary steps would wipe out; ``--corrupt_extra`` still comes last."""
-    import argparse
-
-    bench = load_benchmark("run_benchmark")
-    args = argparse.Namespace(work=str(tmp_path), mode="cpu", epochs=None, iterations=None, revision_epochs=None,
-                              device="cpu", np=2, base_id=700, disable_tta=False, configuration="2d",
-                              nin_trainer=None, realign=False, cpu_plans=False, source=source, size=size,
-                              protocol="markov", corrupt_extra=["--param", "theta1=0.2"], clean_fraction=0.1, seed=0)
-    runner = bench.Runner(args)
+    runner = _runner(load_benchmark("run_benchmark"), tmp_path, source=source, size=size, protocol="markov",
+                     corrupt_extra=["--param", "theta1=0.2"], clean_fraction=0.1, seed=0)
     (tmp_path / "nnUNet_raw" / "Dataset700_X").mkdir(parents=True)
     calls = []
     runner.sh = lambda cmd, step: calls.append(cmd)
