@@ -138,30 +138,34 @@ def test_trainer_revises_planted_noise_through_nnunet(tmp_path, nnunet_env, num_
     assert np.mean(d_revised) > np.mean(d_imperfect) + 0.1, (d_imperfect, d_revised)
 
     # noise maps: the over-annotation head fires on the planted dilation ring, not on the true structure. After so
-    # short a training its probabilities are not calibrated yet (ring means from 0.28 to above 0.5 were seen), so
-    # the check is discrimination: clearly higher on the ring than on the structure, and below 0.5 there.
+    # short a training its probabilities are not calibrated yet (ring means from 0.10 to 0.95 were seen), so
+    # the check is discrimination, pooled over the held-out cases: a ring pixel scores higher than a structure pixel
+    # (ROC AUC, 0.5 for a head that ignores the ring), and the structure stays below 0.5.
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from scipy.stats import mannwhitneyu
 
     from nnunet_noisylabels.revision.nin.trainer import predict_branch_logits
 
     model = Path(env["nnUNet_results"]) / "Dataset901_NINtest" / "NoiseIdentificationTrainer_budget__nnUNetPlans__2d"
     predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), ("all",))
-    case = sorted(held_out)[0]
-    clean, imperfect = held_out[case]
-    files = [str(raw / "Dataset901_NINtest" / "imagesTs" / f"{case}_{c:04d}.png") for c in range(num_classes)]
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    data, _, _ = preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
-                                       predictor.dataset_json)
-    data = torch.from_numpy(data)
-    heads = split_branches(predict_branch_logits(predictor, data)[None], num_classes)  # (1, K, 1, X, Y) each
-    assert predictor.network.eval_output == "fused"  # restored
-    over = torch.sigmoid(heads["over"][0, 1, 0]).numpy()  # (X, Y): 2D cases are (1, X, Y) after preprocessing
-    ring, core = (imperfect == 1) & (clean == 0), (clean == 1)
-    assert over.shape == clean.shape
-    assert over[ring].mean() > over[core].mean() + 0.15 and over[core].mean() < 0.5, (over[ring].mean(),
-                                                                                       over[core].mean())
-    # fusing the heads reproduces the fused output the stock predictor exports
+    over_ring, over_core = [], []
+    for case, (clean, imperfect) in sorted(held_out.items()):
+        files = [str(raw / "Dataset901_NINtest" / "imagesTs" / f"{case}_{c:04d}.png") for c in range(num_classes)]
+        data, _, _ = preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
+                                           predictor.dataset_json)
+        data = torch.from_numpy(data)
+        heads = split_branches(predict_branch_logits(predictor, data)[None], num_classes)  # (1, K, 1, X, Y) each
+        assert predictor.network.eval_output == "fused"  # restored
+        over = torch.sigmoid(heads["over"][0, 1, 0]).numpy()  # (X, Y): 2D cases are (1, X, Y) after preprocessing
+        assert over.shape == clean.shape
+        over_ring.append(over[(imperfect == 1) & (clean == 0)])
+        over_core.append(over[clean == 1])
+    over_ring, over_core = np.concatenate(over_ring).astype(float), np.concatenate(over_core).astype(float)
+    auc = mannwhitneyu(over_ring, over_core).statistic / (over_ring.size * over_core.size)
+    assert auc > 0.8 and over_core.mean() < 0.5, (auc, over_ring.mean(), over_core.mean())
+    # fusing the heads reproduces the fused output the stock predictor exports (the last case)
     fused = predictor.predict_logits_from_preprocessed_data(data)
     y = one_hot(imperfect_label_from_channels(data[None, 1:]), num_classes)
     refused = fuse_logits(heads["revised"], heads["over"], heads["under"], y, predictor.network.fusion)[0]
